@@ -1,0 +1,37 @@
+"""Quality presets: what `fast` / `balanced` / `quality` mean in resolution, faces, textures and bytes.
+
+The marching-cubes resolutions come from the earlier worker (128/256/384). Face budgets follow the
+storefront guidance (Apple AR Quick Look: about 100k polygons; Shopify: under 15 MB per model).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One quality level; every limit is enforced at export and checked in the QA report."""
+
+    name: str
+    mc_resolution: int      # marching-cubes grid points per axis
+    max_faces: int          # decimation target for the exported mesh
+    texture_size: int       # baked texture side in pixels; 0 = vertex colours only
+    max_glb_bytes: int      # hard budget for the GLB file
+
+
+PRESETS: dict[str, Preset] = {
+    "fast": Preset("fast", mc_resolution=128, max_faces=20_000, texture_size=0, max_glb_bytes=2_000_000),
+    "balanced": Preset("balanced", mc_resolution=256, max_faces=50_000, texture_size=0,
+                       max_glb_bytes=5_000_000),
+    "quality": Preset("quality", mc_resolution=384, max_faces=100_000, texture_size=2048,
+                      max_glb_bytes=15_000_000),
+}
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called `name`; a KeyError names the valid choices."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise KeyError(f"unknown quality {name!r}; choose one of {sorted(PRESETS)}") from None

@@ -1,0 +1,73 @@
+"""Service settings from the environment or a `.env` file, read once by the CLI or the app builder.
+
+Names follow the earlier worker's README (ARCHITECTURE.md "Settings"). Secrets are `SecretStr`, so
+they print as '**********' in logs, reprs and errors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Quality = Literal["fast", "balanced", "quality"]
+
+
+class Settings(BaseSettings):
+    """Every knob of a running shop3d; unknown env vars are ignored, bad values fail at start-up."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore",
+                                      case_sensitive=False)
+
+    # queue
+    redis_url: str = "redis://localhost:6379/0"
+    queue_name: str = "celery"
+    max_attempts: int = Field(3, ge=1, description="claims of one job before it is dead-lettered")
+    max_inflight: int = Field(8, ge=1, description="jobs one ingress replica works on at once")
+
+    # storage
+    storage_backend: Literal["local", "supabase"] | None = None  # None: supabase iff SUPABASE_URL
+    local_storage_dir: Path = Path("storage")
+    local_storage_base_url: str | None = None  # URL prefix that serves local_storage_dir, if any
+    supabase_url: str | None = None
+    supabase_service_role_key: SecretStr | None = None
+    supabase_bucket_name: str = "3d-models"
+    supabase_signed_urls: bool = False
+    supabase_signed_url_ttl_s: int = 7 * 24 * 3600
+
+    # backend webhook
+    backend_url: str | None = None
+    webhook_path: str = "/api/webhooks/3d-model"
+    webhook_secret: SecretStr | None = None
+    webhook_max_attempts: int = Field(6, ge=1)
+
+    # models and compute
+    tsr_model: str = "stabilityai/TripoSR"
+    rembg_model: str = "u2net"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    torch_threads: int | None = None
+    chunk_size: int = Field(65536, ge=0, description="points per decoder call; 0 = unchunked")
+    default_quality: Quality = "balanced"
+
+    # input safety
+    allow_private_urls: bool = False
+    max_image_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    download_timeout_s: float = 20.0
+
+    @model_validator(mode="after")
+    def _resolve_storage_backend(self) -> "Settings":
+        if self.storage_backend is None:
+            self.storage_backend = "supabase" if self.supabase_url else "local"
+        if self.storage_backend == "supabase" and not (self.supabase_url and self.supabase_service_role_key):
+            raise ValueError("STORAGE_BACKEND=supabase needs SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY")
+        return self
+
+    @property
+    def webhook_url(self) -> str | None:
+        """BACKEND_URL joined with WEBHOOK_PATH, or None when no backend is configured."""
+        if not self.backend_url:
+            return None
+        return self.backend_url.rstrip("/") + "/" + self.webhook_path.lstrip("/")

@@ -1,0 +1,50 @@
+"""Shared fixtures: a real redis-server per session (flushed per test), a local HTTP server, a
+writable copy of the tiny TripoSR fixture (../shared is read-only in CI)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import redis
+
+from tests.support.http_server import LocalHTTPServer
+from tests.support.paths import TINY_FIXTURE_DIR
+from tests.support.redis_server import RedisServer
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """URL of the session's redis-server, flushed before each test."""
+    if redis_server.process is None or redis_server.process.poll() is not None:
+        redis_server.start()
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    return redis_server.url
+
+
+@pytest.fixture
+def http_server() -> Iterator[LocalHTTPServer]:
+    with LocalHTTPServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def tiny_fixture_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A writable copy of ../shared/triposr/fixtures/tiny (config.yaml, model.ckpt, reference.npz, hf-home)."""
+    if not TINY_FIXTURE_DIR.is_dir():
+        pytest.fail(f"tiny TripoSR fixture not found at {TINY_FIXTURE_DIR} (set SHOP3D_SHARED)")
+    target = tmp_path_factory.mktemp("tiny") / "tiny"
+    shutil.copytree(TINY_FIXTURE_DIR, target)
+    return target
