@@ -1,0 +1,49 @@
+#!/usr/bin/env node
+// Run the Khronos glTF-Validator (npm `gltf-validator`) on one .glb/.gltf file, or on stdin with "-" or
+// no argument, and print its JSON report on stdout.
+// Exit status: 0 = no errors, 1 = the asset has errors (report still printed), 2 = could not validate.
+// pipeline/validation.py calls this; it is also handy by hand: `node tools/validate_gltf.mjs model.glb`.
+
+import { readFileSync } from "node:fs";
+import { createRequire } from "node:module";
+
+const require = createRequire(import.meta.url);
+
+function loadValidator() {
+  try {
+    return require("gltf-validator");
+  } catch (error) {
+    process.stderr.write("gltf-validator is not installed: run `npm install` in the repository root\n");
+    process.exit(2);
+  }
+}
+
+function readInput(path) {
+  // fd 0 reads all of stdin synchronously, also when it is a pipe.
+  return path === undefined || path === "-" ? readFileSync(0) : readFileSync(path);
+}
+
+const validator = loadValidator();
+const path = process.argv[2];
+let data;
+try {
+  data = readInput(path);
+} catch (error) {
+  process.stderr.write(`cannot read ${path ?? "stdin"}: ${error.message}\n`);
+  process.exit(2);
+}
+
+validator
+  .validateBytes(new Uint8Array(data), {
+    uri: path && path !== "-" ? path : "stdin.glb",
+    maxIssues: 0,           // report every issue, not the first hundred
+    writeTimestamp: false,  // reproducible reports
+  })
+  .then((report) => {
+    process.stdout.write(JSON.stringify(report) + "\n");
+    process.exit(report.issues.numErrors > 0 ? 1 : 0);
+  })
+  .catch((error) => {
+    process.stderr.write(`validator could not parse the asset: ${error}\n`);
+    process.exit(2);
+  });
