@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import urllib.parse
 from dataclasses import dataclass
 from typing import Callable
 
@@ -72,15 +73,14 @@ def is_public_address(ip: IPAddress) -> bool:
 
     `ipaddress.is_global` alone lets multicast, NAT64 (64:ff9b::7f00:1) and 6to4 forms through.
     """
-    if ip.is_multicast or ip.is_unspecified or ip.is_reserved or ip.is_loopback or ip.is_link_local:
-        return False
-    if not ip.is_global:
-        return False
     if isinstance(ip, ipaddress.IPv6Address):
         embedded = _embedded_ipv4(ip)
         if embedded is not None:
+            # A mapped, NAT64 or 6to4 address reaches its IPv4 address: that one decides.
             return is_public_address(embedded)
-    return True
+    if ip.is_multicast or ip.is_unspecified or ip.is_reserved or ip.is_loopback or ip.is_link_local:
+        return False
+    return ip.is_global
 
 
 def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
@@ -90,9 +90,7 @@ def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
         return ipaddress.IPv4Address(ip.packed[-4:])
     if ip in _SIX_TO_FOUR:
         return ipaddress.IPv4Address(ip.packed[2:6])
-    if ip.teredo is not None:
-        return ip.teredo[1]
-    return None
+    return None  # Teredo (2001::/32) is left to is_global, which refuses it
 
 
 def is_numeric_host(host: str) -> bool:
@@ -113,6 +111,10 @@ def check_url(url: str, *, allow_private: bool = False,
     try:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, TypeError, ValueError):
+        # httpx refuses dotted quads with leading zeros (0177.0.0.1); resolvers would read them as octal.
+        if is_numeric_host(_raw_host(url)):
+            raise JobRejected("url_blocked", f"image URL host is an ambiguous numeric address: {safe}",
+                              url=safe) from None
         raise JobRejected("url_not_allowed", f"image URL is not a valid URL: {safe}", url=safe) from None
     scheme = parsed.scheme.lower()
     if scheme not in ALLOWED_SCHEMES:
@@ -131,6 +133,13 @@ def check_url(url: str, *, allow_private: bool = False,
     if ip is None and is_numeric_host(host) and not allow_private:
         raise JobRejected("url_blocked", f"image URL host is an ambiguous numeric address: {safe}", url=safe)
     return ImageURL(url=str(parsed), scheme=scheme, host=host, port=port, ip=ip)
+
+
+def _raw_host(url: str) -> str:
+    try:
+        return urllib.parse.urlsplit(str(url)).hostname or ""
+    except ValueError:
+        return ""
 
 
 def _literal_ip(host: str) -> IPAddress | None:
