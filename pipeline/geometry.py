@@ -121,7 +121,8 @@ def _face_areas(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     v = vertices.astype(np.float64)
     edges_a = v[faces[:, 1]] - v[faces[:, 0]]
     edges_b = v[faces[:, 2]] - v[faces[:, 0]]
-    return 0.5 * np.linalg.norm(np.cross(edges_a, edges_b), axis=1)
+    areas: np.ndarray = 0.5 * np.linalg.norm(np.cross(edges_a, edges_b), axis=1)
+    return areas
 
 
 def _rebuild(vertices: np.ndarray, faces: np.ndarray, colors: np.ndarray) -> MeshArrays:
@@ -254,7 +255,8 @@ def compute_vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarra
     unset = lengths < 1e-20
     normals[unset] = (0.0, 1.0, 0.0)
     lengths[unset] = 1.0
-    return (normals / lengths[:, None]).astype(np.float32)
+    unit: np.ndarray = (normals / lengths[:, None]).astype(np.float32)
+    return unit
 
 
 def prepare_for_ar(mesh_native: MeshArrays, max_faces: int,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,18 +21,20 @@ from tests.support.paths import TINY_FIXTURE_DIR
 from tests.test_geometry import RADIUS, ellipsoid_mesh, field_to_mesh, fragmented_mesh, grid, with_duplicates
 
 
-def gltf_json(glb: bytes) -> dict:
+def gltf_json(glb: bytes) -> dict[str, Any]:
     """The JSON chunk of a GLB."""
     magic, version, total = struct.unpack_from("<III", glb, 0)
     assert (magic, version, total) == (0x46546C67, 2, len(glb))
     length, chunk_type = struct.unpack_from("<II", glb, 12)
     assert chunk_type == 0x4E4F534A
-    return json.loads(glb[20:20 + length])
+    document: dict[str, Any] = json.loads(glb[20:20 + length])
+    return document
 
 
 def load_glb(glb: bytes) -> trimesh.Trimesh:
-    scene = trimesh.load(io.BytesIO(glb), file_type="glb", process=False)
+    scene = trimesh.load_scene(io.BytesIO(glb), file_type="glb", process=False)
     (mesh,) = scene.geometry.values()
+    assert isinstance(mesh, trimesh.Trimesh)
     return mesh
 
 
@@ -124,6 +127,7 @@ def test_export_model_colours_normals_and_up_axis_survive_the_round_trip() -> No
     assert model.stats.scale_basis == "default"
     assert max(reloaded.extents) == pytest.approx(0.3, rel=1e-5)
     assert int(np.argmax(reloaded.extents)) == 1  # the ellipsoid's tall native Z is glTF Y
+    assert isinstance(reloaded.visual, trimesh.visual.TextureVisuals)  # a material + COLOR_0
     colors = np.asarray(reloaded.visual.vertex_attributes["color"])
     assert colors.shape == (len(reloaded.vertices), 3) and colors.min() >= 0 and colors.max() <= 1
     # Red encodes native height, so in linear light it must rise with glTF Y.

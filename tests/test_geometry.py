@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import mcubes
 import numpy as np
 import pytest
 
-import mcubes
 from pipeline import geometry
 from pipeline.errors import JobRejected
 from pipeline.geometry import Dimensions
@@ -158,7 +160,7 @@ def test_vertex_normals_are_unit_and_point_outward() -> None:
     ({"realWorldDimensions": {"width": 2, "length": 3, "units": "in"}}, (0.0508, None, 0.0762)),
     ({"dimensions": {"height": "1.5", "unit": "Metres"}}, (None, 1.5, None)),
 ])
-def test_parse_dimensions_spellings(metadata: dict, expected: tuple) -> None:
+def test_parse_dimensions_spellings(metadata: dict[str, Any], expected: tuple[float | None, ...]) -> None:
     dims = geometry.parse_dimensions(metadata)
     assert dims is not None
     for got, want in zip((dims.width_m, dims.height_m, dims.depth_m), expected):
@@ -173,7 +175,7 @@ def test_parse_dimensions_spellings(metadata: dict, expected: tuple) -> None:
     {"dimensions": "30x20x10"},
     {"dimensions": {"height": 3000, "unit": "m"}},
 ])
-def test_parse_dimensions_rejects_unusable_values(metadata: dict) -> None:
+def test_parse_dimensions_rejects_unusable_values(metadata: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         geometry.parse_dimensions(metadata)
 
@@ -187,9 +189,9 @@ def test_choose_scale_prefers_height_then_largest_horizontal_then_default() -> N
     extents = np.array([0.4, 0.8, 0.2])
     assert geometry.choose_scale(extents, Dimensions(0.5, 0.3, None)).factor == pytest.approx(0.3 / 0.8)
     choice = geometry.choose_scale(extents, Dimensions(0.1, None, 0.2))
-    assert (choice.basis, choice.factor) == ("largest_horizontal", pytest.approx(0.2 / 0.4))
+    assert choice.basis == "largest_horizontal" and choice.factor == pytest.approx(0.2 / 0.4)
     choice = geometry.choose_scale(extents, None)
-    assert (choice.basis, choice.factor) == ("default", pytest.approx(0.3 / 0.8))
+    assert choice.basis == "default" and choice.factor == pytest.approx(0.3 / 0.8)
     with pytest.raises(JobRejected) as info:
         geometry.choose_scale(np.zeros(3), None)
     assert info.value.code == "empty_mesh"

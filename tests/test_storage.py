@@ -14,13 +14,11 @@ from typing import Any, Callable, Iterator
 import httpx
 import pytest
 from pydantic import SecretStr
-
 from storage3.exceptions import StorageApiError
 
 from pipeline.errors import JobRejected, TransientError
 from pipeline.settings import Settings
-from pipeline.storage import (LocalObjectStore, SupabaseObjectStore, make_object_store, object_key,
-                              storage_error)
+from pipeline.storage import LocalObjectStore, SupabaseObjectStore, make_object_store, object_key, storage_error
 from tests.support.redis_server import free_port
 from tests.support.supabase_standin import SupabaseStandIn
 

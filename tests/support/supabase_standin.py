@@ -152,8 +152,8 @@ class SupabaseStandIn:
             return self._create_bucket(request) if method == "POST" else _json(200, [
                 self._bucket_json(b) for b in self.buckets.values()])
         if path.startswith("/bucket/") and method == "GET":
-            bucket = self.buckets.get(path[len("/bucket/"):])
-            return _json(200, self._bucket_json(bucket)) if bucket else _error("no_bucket")
+            found = self.buckets.get(path[len("/bucket/"):])
+            return _json(200, self._bucket_json(found)) if found else _error("no_bucket")
         if path.startswith("/object/info/"):
             return self._info(*self._split(path, "/object/info/"))
         if path.startswith("/object/sign/") and method == "POST":
