@@ -69,8 +69,8 @@ def parse_report(report: dict[str, Any]) -> GltfReport:
 def validate_glb(data: bytes, timeout_s: float = 120.0) -> GltfReport:
     """Validate GLB (or glTF JSON) bytes with the Khronos validator.
 
-    Raises ValidatorUnavailable when node/the package is missing or the validator cannot parse
-    the input at all; an invalid but parseable asset returns a report with errors > 0.
+    Invalid input (including bytes that are not glTF at all) gives a report with errors > 0;
+    ValidatorUnavailable means node or the package is missing, or the validator itself failed.
     """
     node = _find_node()
     try:

@@ -16,7 +16,7 @@ from pipeline.errors import JobRejected
 from pipeline.geometry import clean_mesh
 from pipeline.mesh_arrays import MeshArrays
 from pipeline.presets import PRESETS
-from pipeline.validation import validate_glb
+from pipeline.validation import ValidatorUnavailable, validate_glb
 from tests.support.paths import TINY_FIXTURE_DIR
 from tests.test_geometry import RADIUS, ellipsoid_mesh, field_to_mesh, fragmented_mesh, grid, with_duplicates
 
@@ -175,3 +175,16 @@ def test_export_model_falls_back_to_default_size_on_bad_dimensions(caplog: pytes
                                 job_id="job-42")
     assert model.stats.scale_basis == "default"
     assert any("job-42" in r.getMessage() and "no unit" in r.getMessage() for r in caplog.records)
+
+
+def test_validator_reports_errors_on_broken_files() -> None:
+    glb = export.to_glb(clean_mesh(ellipsoid_mesh(16)))
+    truncated = validate_glb(glb[:-100])
+    assert truncated.errors > 0 and "GLB_UNEXPECTED_END_OF_CHUNK_DATA" in truncated.codes("error")
+    assert validate_glb(b"not a model").errors == 1
+
+
+def test_validator_says_clearly_when_node_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "")
+    with pytest.raises(ValidatorUnavailable, match="node"):
+        validate_glb(b"glTF")

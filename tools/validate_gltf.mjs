@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // Run the Khronos glTF-Validator (npm `gltf-validator`) on one .glb/.gltf file, or on stdin with "-" or
 // no argument, and print its JSON report on stdout.
-// Exit status: 0 = no errors, 1 = the asset has errors (report still printed), 2 = could not validate.
+// Exit status: 0 = no errors, 1 = the asset has errors or is not glTF (report still printed),
+// 2 = could not run (package missing, unreadable input).
 // pipeline/validation.py calls this; it is also handy by hand: `node tools/validate_gltf.mjs model.glb`.
 
 import { readFileSync } from "node:fs";
@@ -44,6 +45,9 @@ validator
     process.exit(report.issues.numErrors > 0 ? 1 : 0);
   })
   .catch((error) => {
-    process.stderr.write(`validator could not parse the asset: ${error}\n`);
-    process.exit(2);
+    // Not glTF at all (format undetectable): still a report, with one error, so callers see "invalid".
+    const message = { code: "UNDETECTABLE_ASSET", severity: 0, message: String(error), pointer: "" };
+    const issues = { numErrors: 1, numWarnings: 0, numInfos: 0, numHints: 0, messages: [message] };
+    process.stdout.write(JSON.stringify({ issues }) + "\n");
+    process.exit(1);
   });
