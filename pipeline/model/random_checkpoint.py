@@ -68,7 +68,8 @@ def vit_config_for(size: Size) -> ViTConfig:
 
 def _generator(seed: int, key: str) -> torch.Generator:
     """A per-key stream, so a tensor's values do not depend on the order or set of other keys."""
-    return torch.Generator().manual_seed((seed << 32) + zlib.crc32(key.encode()))
+    # torch's CPU generator keeps only the low 32 bits of a seed, so seed and key are hashed together.
+    return torch.Generator().manual_seed(zlib.crc32(f"{seed}:{key}".encode()))
 
 
 def random_tensor(key: str, shape: torch.Size, seed: int) -> Tensor:
