@@ -14,7 +14,7 @@ import warnings
 import zlib
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline.errors import JobRejected
 
@@ -54,7 +54,7 @@ def _open_checked(data: bytes, *, max_pixels: int, min_side: int) -> Image.Image
     """Open (header only) with the format allowlist and check the size before decoding pixels."""
     try:
         image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-    except Image.UnidentifiedImageError:
+    except UnidentifiedImageError:
         raise JobRejected("image_undecodable",
                           f"data is not an image in an allowed format ({', '.join(ALLOWED_FORMATS)})") from None
     width, height = image.size
@@ -133,14 +133,16 @@ def composite_on_gray(rgba: np.ndarray) -> np.ndarray:
     values = rgba.astype(np.float32) / 255.0
     alpha = values[..., 3:4]
     rgb = values[..., :3] * alpha + (1.0 - alpha) * BACKGROUND_GRAY
-    return (rgb * 255.0).astype(np.uint8)
+    composited: np.ndarray = (rgb * 255.0).astype(np.uint8)
+    return composited
 
 
 def to_model_input(framed: np.ndarray) -> np.ndarray:
     """(S, S, 3) uint8 -> (S, S, 3) float32 in [0, 1]; the model resizes to its cond size itself."""
     if framed.ndim != 3 or framed.shape[2] != 3 or framed.dtype != np.uint8:
         raise ValueError(f"expected an (S, S, 3) uint8 image, got {framed.shape} {framed.dtype}")
-    return framed.astype(np.float32) / np.float32(255.0)
+    scaled: np.ndarray = framed.astype(np.float32) / np.float32(255.0)
+    return scaled
 
 
 def _require_rgba(rgba: np.ndarray) -> None:

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from pipeline.errors import JobRejected
-from pipeline.images import (decode_image, frame_foreground, has_real_transparency, to_model_input)
+from pipeline.images import decode_image, frame_foreground, has_real_transparency, to_model_input
 
 LIMIT = 40_000_000
 

@@ -33,7 +33,8 @@ def rembg_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def object_mask(rgba: np.ndarray) -> np.ndarray:
     """Pixels of the synthetic photo that are clearly not white."""
-    return np.abs(rgba[..., :3].astype(int) - 255).sum(axis=-1) > 60
+    distance: np.ndarray = np.abs(rgba[..., :3].astype(int) - 255).sum(axis=-1)
+    return distance > 60
 
 
 def test_tiny_model_mask_covers_the_object_and_not_the_background(remover: BackgroundRemover) -> None:

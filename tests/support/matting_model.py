@@ -35,7 +35,7 @@ def write_tiny_matting_onnx(path: Path) -> Path:
     from onnx import TensorProto, helper, numpy_helper
 
     white = ((1.0 - IMAGENET_MEAN) / IMAGENET_STD).reshape(1, 3, 1, 1)
-    constants = {
+    constants: dict[str, np.ndarray] = {
         "white": white.astype(np.float32),
         "std": IMAGENET_STD.reshape(1, 3, 1, 1),
         "axes": np.array([1], dtype=np.int64),
