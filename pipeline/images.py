@@ -8,7 +8,6 @@ so our inputs match the reference pipeline to the pixel.
 from __future__ import annotations
 
 import io
-import logging
 import struct
 import warnings
 import zlib
@@ -17,8 +16,6 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline.errors import JobRejected
-
-log = logging.getLogger(__name__)
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP")
 BACKGROUND_GRAY = 0.5  # the official composite colour; truncated to 127 in uint8
@@ -71,8 +68,7 @@ def _apply_exif_orientation(image: Image.Image) -> Image.Image:
     # A broken EXIF block should not cost the shop its product: keep the pixels as stored.
     try:
         return ImageOps.exif_transpose(image)
-    except _DECODE_ERRORS as exc:
-        log.warning("ignoring unreadable EXIF orientation (%s)", type(exc).__name__)
+    except _DECODE_ERRORS:
         return image
 
 
