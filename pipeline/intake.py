@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -22,6 +22,9 @@ from pipeline.images import decode_image, frame_foreground
 from pipeline.urls import redact_url
 
 log = logging.getLogger(__name__)
+
+# Replaces the downloader for one caller: `shop3d generate` reads local files through it.
+Fetcher = Callable[[str], Awaitable[bytes]]
 
 
 class BackgroundRemoval(Protocol):
@@ -43,8 +46,8 @@ class SelectedImage:
 
 async def select_image(client: httpx.AsyncClient, urls: Sequence[str], policy: DownloadPolicy,
                        remover: BackgroundRemoval, *, max_pixels: int, foreground_ratio: float = 0.85,
-                       job_id: str = "-") -> SelectedImage:
-    """Try `urls` in order and frame the first usable image.
+                       job_id: str = "-", fetch: Fetcher | None = None) -> SelectedImage:
+    """Try `urls` in order and frame the first usable image (`fetch` replaces the downloader if given).
 
     When all fail: a single URL re-raises its own error; several raise JobRejected("no_usable_image")
     with per-URL reasons in `details["skipped"]`, or TransientError("image_unreachable") when every
@@ -57,8 +60,9 @@ async def select_image(client: httpx.AsyncClient, urls: Sequence[str], policy: D
     for index, url in enumerate(urls):
         safe = redact_url(url)
         try:
-            framed = await _prepare(client, url, policy, remover, max_pixels=max_pixels,
-                                    foreground_ratio=foreground_ratio, job_id=job_id)
+            data = await fetch(url) if fetch else await fetch_image(client, url, policy, job_id=job_id)
+            framed = await prepare_image(data, remover, max_pixels=max_pixels,
+                                         foreground_ratio=foreground_ratio, job_id=job_id)
         except Shop3dError as exc:
             log.info("job %s: image %d (%s) skipped: %s %s", job_id, index, safe, exc.code, exc.message)
             failures.append(exc)
@@ -69,10 +73,9 @@ async def select_image(client: httpx.AsyncClient, urls: Sequence[str], policy: D
     raise _combined_failure(failures, skipped)
 
 
-async def _prepare(client: httpx.AsyncClient, url: str, policy: DownloadPolicy, remover: BackgroundRemoval,
-                   *, max_pixels: int, foreground_ratio: float, job_id: str) -> np.ndarray:
-    """Download, decode, matte and frame one image; raises the Shop3dError of the step that failed."""
-    data = await fetch_image(client, url, policy, job_id=job_id)
+async def prepare_image(data: bytes, remover: BackgroundRemoval, *, max_pixels: int,
+                        foreground_ratio: float = 0.85, job_id: str = "-") -> np.ndarray:
+    """Decode, matte and frame one image's bytes; raises the Shop3dError of the step that failed."""
     rgba = await asyncio.to_thread(decode_image, data, max_pixels=max_pixels)
     matted = await asyncio.to_thread(remover.remove_background, rgba, job_id=job_id)
     return await asyncio.to_thread(frame_foreground, matted, foreground_ratio)

@@ -144,6 +144,14 @@ class LocalObjectStore:
         """Nothing to release."""
 
 
+class DirectoryStore(LocalObjectStore):
+    """Files named by the key's last segment directly under `root`: the CLI's `--out DIR`, where one
+    run writes `model.glb` beside `summary.json` rather than a `{shop}/{handle}/{job_id}/` tree."""
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key).rsplit("/", 1)[-1]
+
+
 def _redact(text: str, secret: str) -> str:
     return text.replace(secret, "[redacted]") if secret else text
 
