@@ -55,20 +55,27 @@ class QueueUpkeep:
         self._last_beat = float("-inf")   # monotonic time the last successful renewal was sent
         self._beat_failing = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
 
     def start(self) -> None:
+        self._stopping.clear()
         self._tasks = [asyncio.create_task(self._heartbeat_loop(), name=f"shop3d-heartbeat-{self.consumer_id}"),
                        asyncio.create_task(self._reaper_loop(), name=f"shop3d-reaper-{self.consumer_id}")]
 
     async def stop(self) -> None:
+        """Stop both loops. The event, not only cancel(), ends them: redis-py can swallow a cancellation."""
+        self._stopping.set()
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=self.config.settle_timeout_s)
+            if pending:
+                log.error("consumer %s: queue loops did not stop in time", self.consumer_id)
         self._tasks = []
 
     def check_health(self) -> None:
         for task in self._tasks:
-            if task.done():
+            if task.done() and not self._stopping.is_set():
                 raise RuntimeError(f"queue loop {task.get_name()} stopped") from task.exception()
 
     def heartbeat_fresh(self) -> bool:
@@ -144,16 +151,16 @@ class QueueUpkeep:
         return moved
 
     async def _heartbeat_loop(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 await self.renew_heartbeat()
             except RedisError as exc:   # a Redis-side refusal; outages are handled inside renew_heartbeat
                 self._note_beat_failure(exc)
-            await asyncio.sleep(self.config.heartbeat_interval_s)
+            await self._pause(self.config.heartbeat_interval_s)
 
     async def _reaper_loop(self) -> None:
         failing = False
-        while True:
+        while not self._stopping.is_set():
             try:
                 await self.run_once()
                 failing = False
@@ -161,4 +168,11 @@ class QueueUpkeep:
                 if not failing:
                     log.warning("consumer %s: reaper pass failed (%s)", self.consumer_id, type(exc).__name__)
                 failing = True
-            await asyncio.sleep(self.config.reap_interval_s)
+            await self._pause(self.config.reap_interval_s)
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep `seconds`, or less if stop() is called meanwhile."""
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
