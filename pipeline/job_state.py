@@ -97,6 +97,11 @@ def requeued_fields(now: str) -> dict[str, str]:
     return {"status": "queued", "stage": "requeued", "updated_at": now}
 
 
+def flatten(fields: Mapping[str, str]) -> list[str]:
+    """{a: 1, b: 2} -> [a, 1, b, 2], the argument form of HSET and of the queue's scripts."""
+    return [item for pair in fields.items() for item in pair]
+
+
 def decode_state(raw: Mapping[bytes | str, bytes | str]) -> dict[str, Any]:
     """HGETALL reply -> dict with str keys, ints for progress/attempts, parsed JSON for assets/stats/error."""
     state: dict[str, Any] = {}
@@ -121,20 +126,20 @@ async def get_job_state(redis: aioredis.Redis, job_id: str) -> dict[str, Any] | 
 async def record_queued(redis: aioredis.Redis, job: Job, *, ttl_s: int = STATE_TTL_S) -> None:
     """Mark a submitted job `queued` (unless it is already completed or running)."""
     now = utc_now()
-    pairs = [item for pair in {**job_fields(job), "updated_at": now}.items() for item in pair]
+    pairs = flatten({**job_fields(job), "updated_at": now})
     await redis.eval(_RECORD_QUEUED, 1, job_key(job.job_id), ttl_s, now, *pairs)
 
 
 async def record_progress(redis: aioredis.Redis, job_id: str, *, stage: str, progress: int) -> None:
     """Set the stage name and percentage of a running job; the status is left alone."""
-    await redis.hset(job_key(job_id), mapping=progress_fields(stage, progress, utc_now()))
+    await redis.hset(job_key(job_id), items=flatten(progress_fields(stage, progress, utc_now())))
 
 
 async def mark_completed(redis: aioredis.Redis, job_id: str, result: JobResult, *,
                          ttl_s: int = STATE_TTL_S) -> None:
     """Record a finished job outside the queue (the queue's `complete` does this atomically itself)."""
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.hset(job_key(job_id), mapping=completed_fields(result, utc_now()))
+        pipe.hset(job_key(job_id), items=flatten(completed_fields(result, utc_now())))
         pipe.hdel(job_key(job_id), "retry_at")
         pipe.expire(job_key(job_id), ttl_s)
         await pipe.execute()
@@ -144,6 +149,6 @@ async def mark_failed(redis: aioredis.Redis, job_id: str, error: Shop3dError, *,
                       ttl_s: int = STATE_TTL_S) -> None:
     """Record a failed job outside the queue (the queue's `fail` does this atomically itself)."""
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.hset(job_key(job_id), mapping=failed_fields(error, utc_now()))
+        pipe.hset(job_key(job_id), items=flatten(failed_fields(error, utc_now())))
         pipe.expire(job_key(job_id), ttl_s)
         await pipe.execute()

@@ -41,7 +41,7 @@ from pipeline.job_state import JobResult
 from pipeline.queue_admin import (DeadLetter, dead_letter_count, dead_letters, delayed_count, enqueue,
                                   processing_count, queue_depth, submit_job)
 from pipeline.queue_config import (REDIS_DOWN, QueueConfig, backoff_delay, connect, default_consumer_id,
-                                   retry_delay, validate_client, validate_consumer_id)
+                                   reply_bytes, retry_delay, validate_client, validate_consumer_id)
 from pipeline.queue_scripts import QueueScripts
 from pipeline.queue_upkeep import QueueUpkeep
 from pipeline.redis_keys import (ATTEMPTS_KEY, DEAD_INFO_KEY, DEAD_KEY, DELAYED_KEY, heartbeat_key, job_key,
@@ -191,12 +191,16 @@ class ReliableQueue:
     async def _take(self) -> bytes | None:
         """SET the heartbeat, then BLMOVE; the raw is registered before any other coroutine runs."""
         await self._upkeep.renew_heartbeat(raise_errors=True)
-        raw = await self.redis.blmove(self.queue_name, self._processing, self.config.block_s, "RIGHT", "LEFT")
+        # Redis takes a fractional block time; the int in redis-py's stub is narrower than the command.
+        block: Any = self.config.block_s
+        reply = await self.redis.blmove(self.queue_name, self._processing, block, "RIGHT", "LEFT")
         if self._redis_failures:
             log.info("consumer %s: Redis reachable again", self.consumer_id)
             self._redis_failures = 0
-        if raw is not None:
-            self._held[raw] += 1
+        if reply is None:
+            return None
+        raw = reply_bytes(reply)
+        self._held[raw] += 1
         return raw
 
     async def _admit(self, raw: bytes) -> Claim:
@@ -228,10 +232,10 @@ class ReliableQueue:
             return claim
         claim = replace(claim, lock_obtained=True)
         if claim.attempt > self.config.max_attempts:
-            rejection = JobRejected("attempts_exhausted", f"claimed {claim.attempt} times without finishing "
-                                    f"(limit {self.config.max_attempts})", job_id=job_id)
-            await self._sort_failure(claim, rejection)
-            return replace(claim, rejection=rejection)
+            exhausted = JobRejected("attempts_exhausted", f"claimed {claim.attempt} times without finishing "
+                                   f"(limit {self.config.max_attempts})", job_id=job_id)
+            await self._sort_failure(claim, exhausted)
+            return replace(claim, rejection=exhausted)
         self._running[claim.token] = claim
         try:
             await self._record_claimed(claim, message.job)
@@ -245,8 +249,8 @@ class ReliableQueue:
         key = job_key(job.job_id)
         now = job_state.utc_now()
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping=job_state.claimed_fields(job, attempt=claim.attempt,
-                                                            consumer=self.consumer_id, now=now))
+            pipe.hset(key, items=job_state.flatten(job_state.claimed_fields(job, attempt=claim.attempt,
+                                                                            consumer=self.consumer_id, now=now)))
             pipe.hsetnx(key, "created_at", now)
             pipe.hdel(key, "error", "retry_at", "finished_at")
             pipe.expire(key, self.config.state_ttl_s)
@@ -321,7 +325,7 @@ class ReliableQueue:
         """(script status, whether a reconnect happened); raises the Redis error after settle_timeout_s."""
         keys = [self._heartbeat, self._processing, lock_key(job_id), job_key(job_id), ATTEMPTS_KEY,
                 self.queue_name, DELAYED_KEY, DEAD_KEY, DEAD_INFO_KEY]
-        pairs = [item for pair in fields.items() for item in pair]
+        pairs = job_state.flatten(fields)
         args: list[Any] = [mode, raw, job_id, self.consumer_id, self.config.state_ttl_s, score, info, *pairs]
         deadline = time.monotonic() + self.config.settle_timeout_s
         retried = False

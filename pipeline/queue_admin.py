@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 
 from pipeline.job import Job, to_queue_message
 from pipeline.job_state import record_queued
+from pipeline.queue_config import reply_bytes
 from pipeline.redis_keys import DEAD_INFO_KEY, DEAD_KEY, DELAYED_KEY, PROCESSING_PATTERN
 
 
@@ -62,7 +63,7 @@ async def dead_letter_count(redis: aioredis.Redis) -> int:
 
 async def dead_letters(redis: aioredis.Redis, limit: int = 100) -> list[DeadLetter]:
     """The newest `limit` dead letters with their reasons, newest first."""
-    raws = await redis.lrange(DEAD_KEY, 0, limit - 1)
+    raws = [reply_bytes(raw) for raw in await redis.lrange(DEAD_KEY, 0, limit - 1)]
     if not raws:
         return []
     infos = await redis.hmget(DEAD_INFO_KEY, [hashlib.sha256(raw).hexdigest() for raw in raws])

@@ -60,13 +60,18 @@ class QueueConfig:
 
 def retry_delay(attempt: int, base_s: float, max_s: float) -> float:
     """Delay before retry number `attempt` (1-based): base * 2**(attempt-1), capped at max_s."""
-    return min(max_s, base_s * 2 ** max(0, attempt - 1))
+    return min(max_s, base_s * 2.0 ** max(0, attempt - 1))
 
 
 def backoff_delay(failures: int, *, cap: float, base: float = 0.1) -> float:
     """Reconnect delay after `failures` consecutive errors: exponential, capped, half-jittered."""
-    ceiling = min(cap, base * 2 ** max(0, failures - 1))
+    ceiling = min(cap, base * 2.0 ** max(0, failures - 1))
     return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+def reply_bytes(value: bytes | str) -> bytes:
+    """A Redis reply as bytes (the queue's clients return bytes; a str would come from a decoding client)."""
+    return value if isinstance(value, bytes) else value.encode()
 
 
 def connect(redis_url: str, config: QueueConfig) -> aioredis.Redis:

@@ -17,7 +17,7 @@ from typing import Protocol
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from pipeline.queue_config import REDIS_DOWN, QueueConfig
+from pipeline.queue_config import REDIS_DOWN, QueueConfig, reply_bytes
 from pipeline.queue_scripts import QueueScripts
 from pipeline.redis_keys import (DELAYED_KEY, PROCESSING_PATTERN, consumer_from_processing_key, heartbeat_key,
                                  lock_key, processing_key)
@@ -54,6 +54,7 @@ class QueueUpkeep:
         self._processing = processing_key(consumer_id)
         self._last_beat = float("-inf")   # monotonic time the last successful renewal was sent
         self._beat_failing = False
+        self._lapse_reported = False
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
 
@@ -98,7 +99,7 @@ class QueueUpkeep:
             return False
         if self._beat_failing:
             log.info("consumer %s: heartbeat renewed again", self.consumer_id)
-            self._beat_failing = False
+            self._beat_failing = self._lapse_reported = False
         self._last_beat = sent_at
         return True
 
@@ -106,7 +107,8 @@ class QueueUpkeep:
         if not self._beat_failing:
             log.warning("consumer %s: heartbeat renewal failed (%s)", self.consumer_id, type(exc).__name__)
             self._beat_failing = True
-        if not self.heartbeat_fresh() and self.holder.running_job_ids():
+        if not self.heartbeat_fresh() and self.holder.running_job_ids() and not self._lapse_reported:
+            self._lapse_reported = True
             log.error("consumer %s: heartbeat lapsed; in-flight jobs %s are fenced and will not be acked",
                       self.consumer_id, ", ".join(self.holder.running_job_ids()))
 
@@ -138,7 +140,7 @@ class QueueUpkeep:
         epoch = self.holder.claims_epoch()
         if epoch is None:
             return 0
-        listed = await self.redis.lrange(self._processing, 0, -1)
+        listed = [reply_bytes(raw) for raw in await self.redis.lrange(self._processing, 0, -1)]
         if not listed or self.holder.claims_epoch() != epoch:
             return 0   # a claim started meanwhile: its raw may be listed but not yet registered
         orphans = Counter(listed) - self.holder.known_raws()

@@ -173,7 +173,7 @@ def test_unknown_fields_ignored_and_null_quality_means_default() -> None:
 def test_job_is_frozen() -> None:
     job = validate_job(job_fields())
     with pytest.raises(ValidationError):
-        job.shop = "other"  # type: ignore[misc]
+        job.shop = "other"
 
 
 def test_formats_are_validated_and_deduplicated() -> None:

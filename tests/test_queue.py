@@ -503,8 +503,12 @@ def test_explicit_release_keeps_the_job_first_in_line(redis_url: str) -> None:
 
 # ----- Redis going away ---------------------------------------------------------------------------------
 
-def test_redis_restart_mid_run_loses_nothing(tmp_path: Path) -> None:
-    """Our own server (not the session's), made to save on shutdown like a production Redis with RDB."""
+@pytest.mark.parametrize("outage_s", [0.0, 2.5], ids=["restart", "outage-longer-than-heartbeat-ttl"])
+def test_redis_restart_mid_run_loses_nothing(tmp_path: Path, outage_s: float) -> None:
+    """Our own server (not the session's), made to save on shutdown like a production Redis with RDB.
+
+    An outage longer than the heartbeat TTL fences the in-flight claim: it is handed back and redone.
+    """
     server = RedisServer(tmp_path)
     server.start()
     config = replace(CONFIG, heartbeat_ttl_s=2.0)
@@ -526,7 +530,9 @@ def test_redis_restart_mid_run_loses_nothing(tmp_path: Path) -> None:
             while len(done) < 2 and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
             done_before_restart.append(len(done))
-            await asyncio.to_thread(server.restart)
+            await asyncio.to_thread(server.stop)
+            await asyncio.sleep(outage_s)
+            await asyncio.to_thread(server.start)
 
         async def all_completed(client: aioredis.Redis) -> bool:
             try:
