@@ -53,6 +53,8 @@ class TripoSR(nn.Module):
         """(B, H, W, 3) in [0, 1] -> (B, 3, S, S), S = cond_image_size; antialiased bilinear as upstream."""
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"images must be (B, H, W, 3) RGB, got {tuple(images.shape)}")
+        if not images.is_floating_point():  # uint8 would silently be read as 0..255
+            raise ValueError(f"images must be float in [0, 1], got {images.dtype}")
         pixels = images.to(device=self.device, dtype=torch.float32).permute(0, 3, 1, 2)
         size = self.config.cond_image_size
         if pixels.shape[-2:] == (size, size):
