@@ -18,8 +18,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 GIB = 1024 ** 3
 _RESULT = "RESULT "
@@ -91,7 +92,7 @@ def work_forward(args: argparse.Namespace) -> dict[str, Any]:
         results["first_call"] = timed_runs(lambda: model(image), 1)
         for batch in args.batch_sizes:
             images = image.expand(batch, -1, -1, -1).contiguous()
-            results[f"B={batch}"] = timed_runs(lambda: model(images), args.runs)
+            results[f"B={batch}"] = timed_runs(lambda images=images: model(images), args.runs)
     return results
 
 

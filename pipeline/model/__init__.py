@@ -12,9 +12,9 @@ from pipeline.model.hub import ModelUnavailableError
 from pipeline.model.tsr import DEFAULT_CHUNK_SIZE, TripoSR
 
 __all__ = [
+    "DEFAULT_CHUNK_SIZE",
     "CheckpointError",
     "ConfigError",
-    "DEFAULT_CHUNK_SIZE",
     "ModelUnavailableError",
     "TripoSR",
     "TripoSRConfig",

@@ -8,9 +8,10 @@ paths we re-implement, so a file can never make us import arbitrary code.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 

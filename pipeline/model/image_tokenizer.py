@@ -170,6 +170,9 @@ class ViTModel(nn.Module):
 class DINOImageTokenizer(nn.Module):
     """Official `DINOSingleImageTokenizer` for one view: ImageNet-normalise, then the ViT."""
 
+    image_mean: Tensor
+    image_std: Tensor
+
     def __init__(self, config: ViTConfig) -> None:
         super().__init__()
         self.model = ViTModel(config)

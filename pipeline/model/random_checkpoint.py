@@ -12,9 +12,10 @@ import json
 import logging
 import math
 import zlib
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 import yaml
@@ -87,7 +88,7 @@ def random_tensor(key: str, shape: torch.Size, seed: int) -> Tensor:
         tap = torch.randn(inputs, outputs, 1, 1, generator=gen).mul_(1.0 / math.sqrt(inputs))
         return tap.expand(inputs, outputs, taps, taps).contiguous()
     noise = torch.randn(shape, generator=gen)
-    if key.endswith("cls_token") or key.endswith("position_embeddings") or key.endswith("bias"):
+    if key.endswith(("cls_token", "position_embeddings", "bias")):
         return noise.mul_(0.02)
     if len(shape) == 1:  # LayerNorm / GroupNorm gain
         return noise.mul_(0.1).add_(1.0)
@@ -115,8 +116,10 @@ def calibrate_last_layer(model: TripoSR) -> None:
     scene_code = model(make_calibration_image(model.config.cond_image_size))[0]
     points = grid_points(CALIBRATION_RESOLUTION, model.renderer_radius)
     hidden = torch.cat([model.decoder.hidden_features(sample_triplane(scene_code, chunk, model.renderer_radius))
-                        for chunk in points.split(65536)])
+                        for chunk in torch.split(points, 65536)])
     last = model.decoder.layers[-1]
+    if not isinstance(last, torch.nn.Linear):
+        raise TypeError(f"the decoder must end in a Linear layer, not {type(last).__name__}")
     logits = hidden @ last.weight.T  # (M, 4), the direction of each output kept from the random fill
     spread, centre = logits.std(dim=0), logits.mean(dim=0)
     scale = torch.cat([DENSITY_SPREAD / spread[:1], COLOR_SPREAD / spread[1:]])

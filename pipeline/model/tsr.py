@@ -8,7 +8,6 @@ and thresholded at 25. On the CPU everything is float32.
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +43,7 @@ class TripoSR(nn.Module):
     def device(self) -> torch.device:
         return self.tokenizer.embeddings.device
 
-    def _autocast(self) -> ContextManager[object]:
+    def _autocast(self) -> contextlib.AbstractContextManager[object]:
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)

@@ -9,8 +9,15 @@ from typing import Any
 
 import pytest
 
-from pipeline.model.config import (DINO_VITB16, ConfigError, ViTConfig, parse_config, parse_vit_config,
-                                   read_config_yaml, resolve_interpolations)
+from pipeline.model.config import (
+    DINO_VITB16,
+    ConfigError,
+    ViTConfig,
+    parse_config,
+    parse_vit_config,
+    read_config_yaml,
+    resolve_interpolations,
+)
 from tests.support.paths import RELEASED_DIR
 
 

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.model import (CheckpointError, ModelUnavailableError, load_pretrained, resolve_device,
-                            set_num_threads)
+from pipeline.model import CheckpointError, ModelUnavailableError, load_pretrained, resolve_device, set_num_threads
 from pipeline.model.config import DINO_VITB16
 from pipeline.model.hub import read_vit_config
 

@@ -15,8 +15,15 @@ import trimesh
 from pipeline.model import load_pretrained
 from pipeline.model.checkpoint import build_model
 from pipeline.model.config import DINO_VITB16, parse_config, parse_vit_config, read_config_yaml
-from pipeline.model.random_checkpoint import (grid_points, main, make_calibration_image, official_config,
-                                              random_model, random_tensor, write_random_checkpoint)
+from pipeline.model.random_checkpoint import (
+    grid_points,
+    main,
+    make_calibration_image,
+    official_config,
+    random_model,
+    random_tensor,
+    write_random_checkpoint,
+)
 from pipeline.model.tsr import TripoSR
 from tests.support.paths import RELEASED_DIR
 
