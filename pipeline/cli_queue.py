@@ -4,20 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.errors import JobRejected
 from pipeline.job import validate_job
-from pipeline.job_state import get_job_state, record_queued
+from pipeline.job_state import get_job_state
 from pipeline.queue import QueueConfig, connect, submit_job
 from pipeline.settings import Settings
 
 
 async def submit(fields: dict[str, Any], settings: Settings) -> str:
-    """Validate `fields` as a Job, LPUSH it in the earlier README's envelope, record it queued; -> job_id."""
+    """Validate `fields` as a Job, record it queued and LPUSH it in the earlier README's envelope; -> job_id."""
     job = validate_job({k: v for k, v in fields.items() if v is not None})
     redis = connect(settings.redis_url, QueueConfig())
     try:
         await submit_job(redis, settings.queue_name, job)
-        await record_queued(redis, job)
     finally:
         await redis.aclose()
     return job.job_id
@@ -31,5 +29,3 @@ async def status(job_id: str, settings: Settings) -> dict[str, Any] | None:
     finally:
         await redis.aclose()
 
-
-__all__ = ["JobRejected", "status", "submit"]

@@ -116,6 +116,7 @@ class LocalObjectStore:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
             try:
+                os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the file from a web server serving root
                 with os.fdopen(fd, "wb") as handle:
                     handle.write(data)
                     handle.flush()

@@ -1,0 +1,95 @@
+"""process_job end to end in-process: real tiny TripoSR checkpoint, real rembg session on the tiny ONNX
+matting model, a real local HTTP server for the photos, a real local object store."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import JobRejected, Shop3dError, TransientError
+from pipeline.job import Job
+from pipeline.runner import STAGE_START, JobOutput, process_job
+from pipeline.storage import LocalObjectStore
+from pipeline.validation import validate_glb
+from tests.test_export import load_glb
+from tests.support.http_server import LocalHTTPServer
+from tests.support.matting_model import make_product_photo
+from tests.support.services import make_services
+
+
+def _job(urls: list[str], quality: str = "fast") -> Job:
+    return Job(job_id="job-runner-1", shop="demo.myshopify.com", product_id="gid://shopify/Product/1",
+               product_handle="red-mug", image_urls=tuple(urls), quality=quality)
+
+
+def _run(job: Job, tiny_fixture_dir: Path, tmp_path: Path, server: LocalHTTPServer,
+         progress: list[tuple[str, int]] | None = None, store: LocalObjectStore | None = None) -> JobOutput:
+    async def go() -> JobOutput:
+        services = make_services(tiny_fixture_dir, tmp_path, server.port, store)
+        try:
+            return await process_job(job, services, on_progress=(lambda s, p: progress.append((s, p)))
+                                     if progress is not None else None)
+        finally:
+            await services.aclose()
+    return asyncio.run(go())
+
+
+def test_photo_url_becomes_a_valid_stored_glb(tiny_fixture_dir: Path, tmp_path: Path,
+                                               http_server: LocalHTTPServer) -> None:
+    url = http_server.serve_bytes("/mug.jpg", make_product_photo(400, 300), "image/jpeg")
+    progress: list[tuple[str, int]] = []
+    output = _run(_job([url]), tiny_fixture_dir, tmp_path, http_server, progress)
+
+    stored = output.published.objects["glb"]
+    assert stored.key == "demo.myshopify.com/red-mug/job-runner-1/model.glb"
+    glb = (tmp_path / "objects" / stored.key).read_bytes()
+    assert validate_glb(glb).errors == 0
+    mesh = load_glb(glb)
+    assert len(mesh.faces) == output.published.stats["faces"] <= 20_000  # the fast preset's budget
+    assert mesh.bounds[0][1] == pytest.approx(0.0, abs=1e-6)
+    assert [stage for stage, _ in progress] == ["prepare", "reconstruct", "export", "upload", "done"]
+    assert [pct for _, pct in progress] == sorted(pct for _, pct in progress) and progress[-1][1] == 100
+    assert set(output.timings) == {"prepare", "forward", "extract", "export", "upload"}
+    assert output.image.index == 0 and output.image.skipped == ()
+
+
+def test_first_unusable_url_is_skipped_and_recorded(tiny_fixture_dir: Path, tmp_path: Path,
+                                                     http_server: LocalHTTPServer) -> None:
+    missing = http_server.url("/gone.jpg")
+    blank = http_server.serve_bytes("/blank.png", make_product_photo(200, 200, with_object=False,
+                                                                    image_format="PNG"), "image/png")
+    good = http_server.serve_bytes("/mug.jpg", make_product_photo(), "image/jpeg")
+    output = _run(_job([missing, blank, good]), tiny_fixture_dir, tmp_path, http_server)
+    assert output.image.index == 2
+    assert [s["code"] for s in output.image.skipped] == ["image_http_error", "no_foreground"]
+    assert output.summary()["image"]["url"].endswith("/mug.jpg")
+
+
+def test_unwritable_store_is_a_transient_upload_failure(tiny_fixture_dir: Path, tmp_path: Path,
+                                                        http_server: LocalHTTPServer) -> None:
+    url = http_server.serve_bytes("/mug.jpg", make_product_photo(), "image/jpeg")
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the store root should be")
+    with pytest.raises(TransientError) as caught:
+        _run(_job([url]), tiny_fixture_dir, tmp_path, http_server, store=LocalObjectStore(blocker / "objects"))
+    assert caught.value.code == "storage_unavailable"
+
+
+@pytest.mark.parametrize("path, body, content_type, code", [
+    ("/page.jpg", b"<html>not an image</html>", "text/html", "content_type_not_allowed"),
+    ("/trunc.jpg", make_product_photo()[:300], "image/jpeg", "image_undecodable"),
+    ("/blank.jpg", make_product_photo(with_object=False), "image/jpeg", "no_foreground"),
+])
+def test_bad_photo_fails_with_its_code(tiny_fixture_dir: Path, tmp_path: Path, http_server: LocalHTTPServer,
+                                       path: str, body: bytes, content_type: str, code: str) -> None:
+    url = http_server.serve_bytes(path, body, content_type)
+    with pytest.raises(Shop3dError) as caught:
+        _run(_job([url]), tiny_fixture_dir, tmp_path, http_server)
+    assert isinstance(caught.value, JobRejected) and caught.value.code == code
+
+
+def test_stage_starts_are_increasing() -> None:
+    starts = list(STAGE_START.values())
+    assert starts == sorted(starts) and starts[0] == 0 and starts[-1] == 100
