@@ -187,7 +187,10 @@ def drive(args: argparse.Namespace) -> None:
                     run_worker("load", args, "--baseline"))
         print_group("forward (ours: SDPA attention)", run_worker("forward", args))
         if not args.skip_baseline:
-            print_group("forward (straightforward float32: math attention)", run_worker("forward", args, "--baseline"))
+            # B=1 only: math attention materialises (B, 16, 3072, 3072) scores, 2.4 GB per image.
+            baseline_args = argparse.Namespace(**{**vars(args), "batch_sizes": [1]})
+            print_group("forward B=1 (straightforward float32: math attention)",
+                        run_worker("forward", baseline_args, "--baseline"))
         if not args.skip_extraction:
             print_group("query + extraction (threshold 25)", run_worker("extract", args))
 

@@ -31,7 +31,7 @@ class TripoSR(nn.Module):
         self.chunk_size = chunk_size
         self.renderer_radius = float(config.renderer.radius)
         self.density_bias = float(config.renderer.density_bias)
-        # None: float32 everywhere; a half dtype: autocast for the ViT and backbone (set by `to_device`).
+        # None: float32 everywhere; a half dtype: autocast for the ViT and backbone (set by load_pretrained).
         self.autocast_dtype: torch.dtype | None = None
         self.image_tokenizer = DINOImageTokenizer(config.vit)
         self.tokenizer = Triplane1DTokenizer(config.tokenizer)
