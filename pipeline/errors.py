@@ -41,6 +41,7 @@ ERROR_CODES: dict[str, str] = {
     "storage_failed": "the storage backend refused the upload permanently (4xx)",
     "storage_unavailable": "the storage backend is unreachable or answered 5xx/429 (retried first)",
     "attempts_exhausted": "the job was claimed too many times (worker crashes) without finishing",
+    "worker_lost": "a pipeline replica died or was unreachable while working on the job (retried)",
     "internal_error": "an unexpected exception; the message names its type only",
 }
 

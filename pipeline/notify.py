@@ -40,11 +40,13 @@ USER_AGENT = "shop3d-webhooks/1"
 _ID_UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]")
 
 
-def build_payload(*, job_id: str, status: str, stage: str, progress: int, shop: str, product_id: str,
+def build_payload(*, job_id: str, status: str, stage: str, progress: int, shop: str | None,
+                  product_id: str | None,
                   variant_id: str | None = None, assets: Mapping[str, str | None] | None = None,
                   stats: Mapping[str, Any] | None = None, error: Shop3dError | Mapping[str, Any] | None = None,
                   attempt: int = 1, occurred_at: datetime | None = None) -> dict[str, Any]:
-    """The webhook object for one status change; `progress` is a percentage 0-100.
+    """The webhook object for one status change; `progress` is a percentage 0-100. `shop` and
+    `product_id` are None only for a dead-lettered message too malformed to name them.
 
     `assets` maps glb/usdz/poster/report to URLs (missing ones are null); `error` keeps only
     {code, message}. `occurred_at` defaults to now (UTC). ValueError on an unknown status or asset.

@@ -14,6 +14,7 @@ DELAYED_KEY = PREFIX + "delayed"               # ZSET raw message -> unix time i
 DEAD_KEY = PREFIX + "dead"                     # LIST of dead-lettered raw messages, newest on the left
 DEAD_INFO_KEY = PREFIX + "dead:info"           # HASH sha256(raw) -> JSON {job_id, error, attempts, ts, consumer}
 ATTEMPTS_KEY = PREFIX + "attempts"             # HASH job_id -> claims so far; cleared when the job settles
+UNDELIVERED_WEBHOOKS_KEY = PREFIX + "webhooks:undelivered"  # LIST of JSON payloads whose delivery finally failed
 
 
 def processing_key(consumer: str) -> str:
