@@ -42,6 +42,7 @@ ERROR_CODES: dict[str, str] = {
     "storage_unavailable": "the storage backend is unreachable or answered 5xx/429 (retried first)",
     "attempts_exhausted": "the job was claimed too many times (worker crashes) without finishing",
     "worker_lost": "a pipeline replica died or was unreachable while working on the job (retried)",
+    "job_timeout": "the job did not finish within JOB_TIMEOUT_S (retried)",
     "internal_error": "an unexpected exception; the message names its type only",
 }
 

@@ -43,14 +43,17 @@ def model_batch(model: TripoSR, framed_images: Sequence[np.ndarray]) -> torch.Te
     return torch.cat(resized).permute(0, 2, 3, 1)
 
 
-def reconstruct_meshes(model: TripoSR, framed_images: Sequence[np.ndarray], resolution: int, *,
+def reconstruct_meshes(model: TripoSR, framed_images: Sequence[np.ndarray], resolutions: Sequence[int], *,
                        method: ExtractionMethod = "fast", chunk_size: int = 65536,
                        threshold: float = 25.0) -> list[Reconstruction | Shop3dError]:
-    """A mesh per framed image, in order; an image whose field has no surface gets its error, not a mesh.
+    """A mesh per framed image at its own marching-cubes resolution, in order; an image whose field has
+    no surface gets its error, not a mesh.
 
     Per-image failures are returned rather than raised so one bad image does not fail a whole batch.
     A failure of the batched forward itself raises JobRejected("model_failed").
     """
+    if len(resolutions) != len(framed_images):
+        raise ValueError(f"{len(framed_images)} images but {len(resolutions)} resolutions")
     if not framed_images:
         return []
     started = time.perf_counter()
@@ -61,7 +64,7 @@ def reconstruct_meshes(model: TripoSR, framed_images: Sequence[np.ndarray], reso
         raise JobRejected("model_failed", f"TripoSR forward failed ({type(exc).__name__})") from exc
     forward_s = time.perf_counter() - started
     results: list[Reconstruction | Shop3dError] = []
-    for scene_code in scene_codes:
+    for scene_code, resolution in zip(scene_codes, resolutions):
         try:
             mesh, stats = extract_mesh_with_stats(model, scene_code, resolution, threshold,
                                                   method=method, chunk_size=chunk_size)
@@ -75,7 +78,7 @@ def reconstruct_meshes(model: TripoSR, framed_images: Sequence[np.ndarray], reso
 def reconstruct_mesh(model: TripoSR, framed: np.ndarray, resolution: int, *,
                      method: ExtractionMethod = "fast", chunk_size: int = 65536) -> Reconstruction:
     """One image -> one Reconstruction; raises its Shop3dError (empty_mesh, model_failed)."""
-    (result,) = reconstruct_meshes(model, [framed], resolution, method=method, chunk_size=chunk_size)
+    (result,) = reconstruct_meshes(model, [framed], [resolution], method=method, chunk_size=chunk_size)
     if isinstance(result, Shop3dError):
         raise result
     return result

@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     queue_name: str = "celery"
     max_attempts: int = Field(3, ge=1, description="claims of one job before it is dead-lettered")
     max_inflight: int = Field(8, ge=1, description="jobs one ingress replica works on at once")
+    job_timeout_s: float = Field(1800.0, gt=0, description="one attempt's deadline in the graph")
+    heartbeat_ttl_s: float = Field(30.0, gt=0, description="a consumer silent this long is presumed dead")
+    retry_base_s: float = Field(10.0, gt=0, description="first retry delay of a transient failure")
 
     # storage
     storage_backend: Literal["local", "supabase"] | None = None  # None: supabase iff SUPABASE_URL

@@ -1,0 +1,43 @@
+"""The typed app builder: `import_path: deployments.app:build` in serve_config.yaml.
+
+    Ingress ──► Matting (CPU) ──► Reconstruct (fractional GPU, batched, backlog-autoscaled) ──► Publish (CPU)
+Resource options live in serve_config.yaml (production) or in `deployment_options` (tests, `shop3d serve`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.serve import Application
+
+from deployments.ingress import Ingress
+from deployments.matting import Matting
+from deployments.publish import Publish
+from deployments.reconstruct import Reconstruct
+from deployments.settings import AppArgs, replica_settings
+
+DEPLOYMENTS = {"Ingress": Ingress, "Matting": Matting, "Reconstruct": Reconstruct, "Publish": Publish}
+
+
+def build_app(args: AppArgs, deployment_options: dict[str, dict[str, Any]] | None = None) -> Application:
+    """The graph with `args` as every replica's setting overrides; options override decorator defaults."""
+    overrides = args.overrides()
+    replica_settings(overrides)  # fail the deploy now, not in four replicas, when the settings are invalid
+    options = deployment_options or {}
+    unknown = set(options) - set(DEPLOYMENTS)
+    if unknown:
+        raise ValueError(f"unknown deployments {sorted(unknown)}; expected {sorted(DEPLOYMENTS)}")
+
+    def bound(name: str, *init_args: Any) -> Application:
+        deployment = DEPLOYMENTS[name]
+        if name in options:
+            deployment = deployment.options(**options[name])
+        return deployment.bind(*init_args)
+
+    return bound("Ingress", bound("Matting", overrides), bound("Reconstruct", overrides),
+                 bound("Publish", overrides), overrides)
+
+
+def build(args: AppArgs) -> Application:
+    """Serve's entry point; `args` is validated by Serve against AppArgs (unknown keys are an error)."""
+    return build_app(args)
