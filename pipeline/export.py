@@ -7,6 +7,7 @@ POSITION, NORMAL and COLOR_0, indices, and a rough non-metal material so viewers
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import struct
@@ -14,11 +15,13 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import numpy as np
+from PIL import Image
 
 from pipeline.errors import JobRejected
 from pipeline.geometry import Dimensions, compute_vertex_normals, parse_dimensions, prepare_for_ar
 from pipeline.mesh_arrays import MeshArrays
 from pipeline.presets import Preset
+from pipeline.texture import TexturedMesh
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +29,7 @@ GLB_MAGIC, GLB_VERSION = 0x46546C67, 2          # b"glTF", container version 2
 CHUNK_JSON, CHUNK_BIN = 0x4E4F534A, 0x004E4942  # b"JSON", b"BIN\0"
 FLOAT, UNSIGNED_SHORT, UNSIGNED_INT = 5126, 5123, 5125
 ARRAY_BUFFER, ELEMENT_ARRAY_BUFFER, TRIANGLES = 34962, 34963, 4
+LINEAR, LINEAR_MIPMAP_LINEAR, CLAMP_TO_EDGE = 9729, 9987, 33071  # sampler enums
 MATERIAL_ROUGHNESS = 0.8  # matte product look; viewers' default of 1.0 reads as chalk, 0.5 as plastic
 
 
@@ -69,6 +73,12 @@ class _BinaryBuffer:
         self.accessors.append(accessor)
         return len(self.accessors) - 1
 
+    def add_image(self, data: bytes) -> int:
+        """Append encoded image bytes as a view without a target (images must not have one); its index."""
+        self.views.append({"buffer": 0, "byteOffset": len(self.blob), "byteLength": len(data)})
+        self.blob += _pad4(data, b"\0")
+        return len(self.views) - 1
+
 
 def to_glb(mesh: MeshArrays) -> bytes:
     """A binary glTF 2.0 of `mesh` as given (callers orient and size it first: Y up, metres).
@@ -104,19 +114,92 @@ def to_glb(mesh: MeshArrays) -> bytes:
         "bufferViews": buffer.views,
         "accessors": buffer.accessors,
     }
+    return _glb_container(document, buffer.blob)
+
+
+def _glb_container(document: dict[str, Any], blob: bytes | bytearray) -> bytes:
+    """The GLB header, JSON chunk (space-padded) and BIN chunk (zero-padded) around a finished document."""
     json_chunk = _pad4(json.dumps(document, separators=(",", ":")).encode("utf-8"), b" ")
-    bin_chunk = bytes(buffer.blob)
+    bin_chunk = bytes(blob)
     total = 12 + 8 + len(json_chunk) + 8 + len(bin_chunk)
     return b"".join([struct.pack("<III", GLB_MAGIC, GLB_VERSION, total),
                      struct.pack("<II", len(json_chunk), CHUNK_JSON), json_chunk,
                      struct.pack("<II", len(bin_chunk), CHUNK_BIN), bin_chunk])
 
 
-EXPORTERS: dict[str, Callable[[MeshArrays], bytes]] = {"glb": to_glb}
-CONTENT_TYPES: dict[str, str] = {"glb": "model/gltf-binary"}
+def to_textured_glb(model: TexturedMesh) -> bytes:
+    """A binary glTF 2.0 of a baked `TexturedMesh` (Y up, metres): POSITION, NORMAL, TEXCOORD_0 and a
+    PNG baseColorTexture; no COLOR_0, which viewers would multiply into the texture."""
+    mesh = model.mesh
+    if mesh.n_faces == 0 or mesh.n_vertices == 0:
+        raise JobRejected("export_failed", "cannot write a GLB without triangles")
+    buffer = _BinaryBuffer()
+    attributes = {
+        "POSITION": buffer.add(np.ascontiguousarray(mesh.vertices, dtype=np.float32), FLOAT, "VEC3",
+                               ARRAY_BUFFER, with_bounds=True),
+        "NORMAL": buffer.add(np.ascontiguousarray(model.normals, dtype=np.float32), FLOAT, "VEC3", ARRAY_BUFFER),
+        "TEXCOORD_0": buffer.add(np.ascontiguousarray(model.uvs, dtype=np.float32), FLOAT, "VEC2", ARRAY_BUFFER),
+    }
+    index_dtype, index_type = ((np.uint16, UNSIGNED_SHORT) if mesh.n_vertices <= 65535
+                               else (np.uint32, UNSIGNED_INT))
+    indices = buffer.add(mesh.faces.astype(index_dtype).ravel(), index_type, "SCALAR", ELEMENT_ARRAY_BUFFER)
+    image_view = buffer.add_image(encode_png(model.texture))
+    document = {
+        "asset": {"version": "2.0", "generator": "shop3d"},
+        "scene": 0,
+        "scenes": [{"nodes": [0]}],
+        "nodes": [{"mesh": 0, "name": "product"}],
+        "meshes": [{"name": "product", "primitives": [
+            {"attributes": attributes, "indices": indices, "material": 0, "mode": TRIANGLES}]}],
+        "materials": [{"name": "baked_colour", "doubleSided": False, "pbrMetallicRoughness": {
+            "baseColorTexture": {"index": 0}, "metallicFactor": 0.0, "roughnessFactor": MATERIAL_ROUGHNESS}}],
+        "textures": [{"sampler": 0, "source": 0}],
+        # Trilinear and clamped: the atlas' charts are padded for mip levels, its edges are not tiles.
+        "samplers": [{"magFilter": LINEAR, "minFilter": LINEAR_MIPMAP_LINEAR, "wrapS": CLAMP_TO_EDGE,
+                      "wrapT": CLAMP_TO_EDGE}],
+        "images": [{"bufferView": image_view, "mimeType": "image/png"}],
+        "buffers": [{"byteLength": len(buffer.blob)}],
+        "bufferViews": buffer.views,
+        "accessors": buffer.accessors,
+    }
+    return _glb_container(document, buffer.blob)
 
 
-def export_mesh(mesh: MeshArrays, file_format: str) -> bytes:
+def encode_png(image: np.ndarray) -> bytes:
+    """PNG bytes of an (H, W, 3|4) uint8 image, zlib at its best level (textures are stored once)."""
+    out = io.BytesIO()
+    Image.fromarray(image).save(out, format="PNG", optimize=True)
+    return out.getvalue()
+
+
+def write_glb(model: MeshArrays | TexturedMesh) -> bytes:
+    """`to_textured_glb` for a baked mesh, `to_glb` (vertex colours) otherwise."""
+    return to_textured_glb(model) if isinstance(model, TexturedMesh) else to_glb(model)
+
+
+def _write_usdz(model: MeshArrays | TexturedMesh) -> bytes:
+    # Imported on use: usd-core is a soft dependency, and pipeline.usdz imports this module.
+    from pipeline.usdz import to_usdz
+
+    return to_usdz(model)
+
+
+def _write_poster(model: MeshArrays | TexturedMesh) -> bytes:
+    from pipeline.poster import render_poster  # imports this module (colour conversion)
+
+    return render_poster(model)
+
+
+# Format -> writer of a finished model (Y up, metres); `report` is JSON built by pipeline.report.
+EXPORTERS: dict[str, Callable[[MeshArrays | TexturedMesh], bytes]] = {
+    "glb": write_glb, "usdz": _write_usdz, "poster": _write_poster}
+CONTENT_TYPES: dict[str, str] = {"glb": "model/gltf-binary", "usdz": "model/vnd.usdz+zip",
+                                 "poster": "image/png", "report": "application/json"}
+FILENAMES: dict[str, str] = {"glb": "model.glb", "usdz": "model.usdz", "poster": "poster.png",
+                             "report": "report.json"}
+
+
+def export_mesh(mesh: MeshArrays | TexturedMesh, file_format: str) -> bytes:
     """Bytes of `mesh` in `file_format` (a key of EXPORTERS); ValueError names the known formats."""
     try:
         exporter = EXPORTERS[file_format]

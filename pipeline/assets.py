@@ -1,0 +1,234 @@
+"""Every file of one job from its native-frame mesh: GLB, USDZ, poster PNG and the QA report, within budgets.
+
+    assets = export_assets(mesh_native, get_preset("quality"), job.metadata, job.formats,
+                           color_fn=model_color_fn(model, scene_code), job_id=job.job_id)
+    for name, file in assets.files.items(): store.put(object_key(job, file.filename), file.data, file.content_type)
+
+Formats follow the job (`DEFAULT_FORMATS` when it names none). The GLB is always built (its stats
+and validation feed the report) but only shipped when asked for. A file over its byte budget first
+gets a smaller texture, then fewer faces; each step is written into the report.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from pipeline import report as qa
+from pipeline.errors import JobRejected
+from pipeline.export import (CONTENT_TYPES, EXPORTERS, FILENAMES, ModelStats, _dimensions_or_default)
+from pipeline.geometry import (NATIVE_TO_GLTF, Dimensions, ScaleChoice, choose_scale, clean_mesh, decimate,
+                               drop_small_fragments, orient_for_gltf, scale_and_place)
+from pipeline.mesh_arrays import MeshArrays
+from pipeline.presets import Preset
+from pipeline.texture import ColorFunction, TexturedMesh, bake_texture
+
+logger = logging.getLogger(__name__)
+
+ASSET_FORMATS = ("glb", "usdz", "poster", "report")
+DEFAULT_FORMATS = ("glb", "poster", "report")
+MAX_BUDGET_STEPS = 6           # texture halvings plus decimations before a budget is declared unreachable
+DECIMATION_STEP = 0.7          # each over-budget decimation keeps this share of the faces
+
+
+@dataclass(frozen=True)
+class ExportFrame:
+    """exported = factor * NATIVE_TO_GLTF @ native - offset: the glTF frame (Y up, metres) of one job."""
+
+    factor: float
+    offset: tuple[float, float, float]
+
+    def to_native(self, points: np.ndarray) -> np.ndarray:
+        """(N, 3) exported points -> the model's native frame, where its colour field is defined."""
+        native: np.ndarray = ((np.asarray(points, np.float64) + self.offset) / self.factor) @ NATIVE_TO_GLTF
+        return native
+
+
+def prepare_with_frame(mesh_native: MeshArrays, max_faces: int,
+                       dimensions: Dimensions | None) -> tuple[MeshArrays, ScaleChoice, ExportFrame]:
+    """`geometry.prepare_for_ar`'s steps in its order, also returning the frame the texture bake needs.
+
+    Raises `empty_mesh` when nothing usable is left; tests assert the mesh equals prepare_for_ar's.
+    """
+    mesh = clean_mesh(mesh_native)
+    if mesh.n_faces == 0:
+        raise JobRejected("empty_mesh", "the reconstructed surface has no usable triangles")
+    oriented = orient_for_gltf(decimate(drop_small_fragments(mesh), max_faces))
+    extents = oriented.vertices.max(axis=0).astype(np.float64) - oriented.vertices.min(axis=0)
+    scale = choose_scale(extents, dimensions)
+    placed = scale_and_place(oriented, scale.factor)
+    # scale_and_place keeps vertex order, so its translation is read back rather than re-derived.
+    offset = (oriented.vertices.astype(np.float64) * scale.factor - placed.vertices).mean(axis=0)
+    return placed, scale, ExportFrame(scale.factor, (float(offset[0]), float(offset[1]), float(offset[2])))
+
+
+@dataclass(frozen=True)
+class AssetFile:
+    """One stored file of a job: its asset name (glb/usdz/poster/report), file name, type and bytes."""
+
+    name: str
+    filename: str
+    content_type: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ExportedAssets:
+    """The files to upload, the final GLB mesh (Y up, metres), its stats and the QA report."""
+
+    files: dict[str, AssetFile]
+    mesh: MeshArrays
+    stats: ModelStats
+    report: dict[str, Any]
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """The report's webhook summary (`completed` event stats)."""
+        return qa.summarize_report(self.report)
+
+
+def resolve_formats(requested: Sequence[str] | None, default: Sequence[str] = DEFAULT_FORMATS) -> tuple[str, ...]:
+    """The job's formats (deduplicated, in order) or `default`; ValueError names an unknown one."""
+    chosen = tuple(dict.fromkeys(default if requested is None else requested))
+    unknown = [name for name in chosen if name not in ASSET_FORMATS]
+    if unknown or not chosen:
+        raise ValueError(f"formats must be a non-empty subset of {list(ASSET_FORMATS)}, got {list(chosen)}")
+    return chosen
+
+
+@dataclass
+class _Run:
+    """Mutable state of one export: timings, budget adjustments and a cache of bakes by (faces, size)."""
+
+    job_id: str
+    color_fn: ColorFunction | None
+    frame: ExportFrame
+    timings: dict[str, float] = field(default_factory=dict)
+    adjustments: list[str] = field(default_factory=list)
+    bakes: dict[tuple[int, int], TexturedMesh] = field(default_factory=dict)
+
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - started
+
+    def model_for(self, mesh: MeshArrays, texture_size: int) -> MeshArrays | TexturedMesh:
+        """The mesh itself (size 0) or its bake at texture_size, baked once per mesh and size."""
+        if texture_size == 0:
+            return mesh
+        key = (id(mesh), texture_size)
+        if key not in self.bakes:
+            with self.timed("bake"):
+                self.bakes[key] = bake_texture(mesh, texture_size, self.color_fn, self.frame.to_native,
+                                               job_id=self.job_id)
+        return self.bakes[key]
+
+
+def _write_within_budget(run: _Run, fmt: str, mesh: MeshArrays, texture_size: int, max_bytes: int,
+                         min_texture: int) -> tuple[bytes, MeshArrays | TexturedMesh, MeshArrays]:
+    """Write `fmt`; while over max_bytes halve the texture (not below min_texture), else decimate."""
+    for _ in range(MAX_BUDGET_STEPS):
+        model = run.model_for(mesh, texture_size)
+        with run.timed(fmt):
+            data = EXPORTERS[fmt](model)
+        if len(data) <= max_bytes:
+            return data, model, mesh
+        if texture_size and texture_size // 2 >= min_texture:
+            run.adjustments.append(f"{fmt}: {len(data)} bytes over {max_bytes}; texture {texture_size} -> "
+                                   f"{texture_size // 2}")
+            texture_size //= 2
+        else:
+            target = max(4, int(mesh.n_faces * DECIMATION_STEP))
+            run.adjustments.append(f"{fmt}: {len(data)} bytes over {max_bytes}; faces {mesh.n_faces} -> {target}")
+            with run.timed("decimate"):
+                mesh = decimate(mesh, target)
+        logger.warning("job %s: %s", run.job_id, run.adjustments[-1])
+    raise JobRejected("export_failed", f"{fmt.upper()} stays over the {max_bytes}-byte budget")
+
+
+def _stats(mesh: MeshArrays, glb_bytes: int, scale: ScaleChoice) -> ModelStats:
+    low, high = mesh.vertices.min(axis=0), mesh.vertices.max(axis=0)
+    return ModelStats(faces=mesh.n_faces, vertices=mesh.n_vertices, glb_bytes=glb_bytes,
+                      bbox_min_m=(float(low[0]), float(low[1]), float(low[2])),
+                      bbox_max_m=(float(high[0]), float(high[1]), float(high[2])), scale_basis=scale.basis)
+
+
+def _texture_size(model: MeshArrays | TexturedMesh) -> int:
+    return model.texture_size if isinstance(model, TexturedMesh) else 0
+
+
+def _validate(run: _Run, data: dict[str, bytes]) -> dict[str, qa.ValidatorVerdict]:
+    """Khronos validator on the GLB, usdchecker's validators on the USDZ; a missing tool is 'unavailable'."""
+    from pipeline.usdz import UsdUnavailable, check_usdz
+    from pipeline.validation import ValidatorUnavailable, validate_glb
+
+    verdicts = {}
+    with run.timed("validate_glb"):
+        try:
+            gltf = validate_glb(data["glb"])
+            verdicts["glb"] = qa.verdict_from_counts(gltf.errors, gltf.warnings,
+                                                     gltf.codes("error") + gltf.codes("warning"))
+        except ValidatorUnavailable as exc:
+            verdicts["glb"] = qa.ValidatorVerdict("unavailable", messages=(str(exc),))
+    if "usdz" in data:
+        with run.timed("validate_usdz"):
+            try:
+                usdz = check_usdz(data["usdz"])
+                verdicts["usdz"] = qa.verdict_from_counts(usdz.errors, usdz.warnings, usdz.messages)
+            except UsdUnavailable as exc:
+                verdicts["usdz"] = qa.ValidatorVerdict("unavailable", messages=(str(exc),))
+    for name, verdict in verdicts.items():
+        if verdict.status == "failed":
+            logger.warning("job %s: %s fails validation: %s", run.job_id, name, ", ".join(verdict.messages[:5]))
+    return verdicts
+
+
+def export_assets(mesh_native: MeshArrays, preset: Preset, metadata: Mapping[str, Any] | None = None,
+                  formats: Sequence[str] | None = None, *, color_fn: ColorFunction | None = None,
+                  job_id: str = "-", validate: bool = True) -> ExportedAssets:
+    """Native marching-cubes mesh -> the job's files within the preset's budgets, plus the QA report.
+
+    `color_fn` (native-frame colours, e.g. `texture.model_color_fn`) feeds the baked textures; without
+    it they interpolate vertex colours. Raises `empty_mesh`, or `export_failed` when a budget cannot
+    be met; ValueError on unknown formats.
+    """
+    chosen = resolve_formats(formats)
+    started = time.perf_counter()
+    mesh, scale, frame = prepare_with_frame(mesh_native, preset.max_faces, _dimensions_or_default(metadata, job_id))
+    run = _Run(job_id=job_id, color_fn=color_fn, frame=frame, timings={"geometry": time.perf_counter() - started})
+    data: dict[str, bytes] = {}
+    data["glb"], glb_model, mesh = _write_within_budget(run, "glb", mesh, preset.texture_size,
+                                                        preset.max_glb_bytes, preset.min_texture_size)
+    textures = {"glb": _texture_size(glb_model)}
+    if "usdz" in chosen:
+        data["usdz"], usdz_model, _ = _write_within_budget(run, "usdz", mesh, preset.usdz_texture_size,
+                                                           preset.max_usdz_bytes, preset.min_texture_size)
+        textures["usdz"] = _texture_size(usdz_model)
+    if "poster" in chosen:
+        with run.timed("poster"):
+            data["poster"] = EXPORTERS["poster"](glb_model)
+    verdicts = _validate(run, data) if validate else {"glb": qa.ValidatorVerdict("skipped")}
+    stats = _stats(mesh, len(data["glb"]), scale)
+    budgets = [qa.BudgetCheck("faces", preset.max_faces, mesh.n_faces),
+               qa.BudgetCheck("glb_bytes", preset.max_glb_bytes, len(data["glb"])),
+               qa.BudgetCheck("glb_texture_px", preset.texture_size, textures["glb"])]
+    if "usdz" in data:
+        budgets += [qa.BudgetCheck("usdz_bytes", preset.max_usdz_bytes, len(data["usdz"])),
+                    qa.BudgetCheck("usdz_texture_px", preset.usdz_texture_size, textures["usdz"])]
+    report = qa.build_report(job_id=job_id, preset=preset.name, formats=chosen, model=stats.to_dict(),
+                             surface=qa.check_surface(mesh.faces), files={k: len(v) for k, v in data.items()},
+                             texture_sizes=textures, validators=verdicts, budgets=budgets,
+                             adjustments=run.adjustments, timings_s=run.timings)
+    data["report"] = qa.report_json(report)
+    files = {name: AssetFile(name, FILENAMES[name], CONTENT_TYPES[name], data[name]) for name in chosen}
+    logger.info("job %s: exported %s (%d faces; %s)", job_id, ", ".join(chosen), mesh.n_faces,
+                ", ".join(f"{name} {len(file.data)} B" for name, file in files.items()))
+    return ExportedAssets(files=files, mesh=mesh, stats=stats, report=report)
