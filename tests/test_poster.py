@@ -1,0 +1,137 @@
+"""The poster PNG: RGBA, transparent background, the object centred inside a margin, a three-quarter
+front view (front, side and top faces all visible), shaded and antialiased, vertex colours or texture."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.assets import prepare_with_frame
+from pipeline.mesh_arrays import MeshArrays
+from pipeline.poster import PosterView, linear_to_srgb, render_image, render_poster
+from pipeline.export import srgb_to_linear
+from pipeline.texture import bake_texture
+from tests.test_geometry import ellipsoid_mesh
+
+FACE_COLOURS = {"+z": (220, 30, 30), "+x": (30, 200, 30), "+y": (30, 30, 220),
+                "-z": (200, 200, 30), "-x": (200, 30, 200), "-y": (30, 200, 200)}
+
+
+def coloured_box(size: tuple[float, float, float] = (0.2, 0.3, 0.25)) -> MeshArrays:
+    """A box standing on y = 0 (glTF frame), each face its own colour (vertices not shared between faces)."""
+    half = np.array(size) / 2
+    vertices, faces, colours = [], [], []
+    for name, colour in FACE_COLOURS.items():
+        axis = "xyz".index(name[1])
+        sign = 1.0 if name[0] == "+" else -1.0
+        u, v = [a for a in range(3) if a != axis]
+        corners = []
+        for du, dv in ((-1, -1), (1, -1), (1, 1), (-1, 1)):
+            p = np.zeros(3)
+            p[axis], p[u], p[v] = sign * half[axis], du * half[u], dv * half[v]
+            corners.append(p)
+        base = len(vertices)
+        vertices += corners
+        colours += [colour] * 4
+        quad = [[base, base + 1, base + 2], [base, base + 2, base + 3]]
+        # Wind outward: flip when the corner order's normal points inward.
+        normal = np.cross(corners[1] - corners[0], corners[2] - corners[0])
+        faces += quad if normal[axis] * sign > 0 else [t[::-1] for t in quad]
+    array = np.array(vertices, np.float32) + np.array([0, half[1], 0], np.float32)
+    return MeshArrays(array, np.array(faces, np.int32), np.array(colours, np.uint8))
+
+
+def decode(png: bytes) -> np.ndarray:
+    image = Image.open(io.BytesIO(png))
+    assert image.format == "PNG" and image.mode == "RGBA"
+    return np.asarray(image)
+
+
+def occupied_box(alpha: np.ndarray) -> tuple[int, int, int, int]:
+    rows, cols = np.nonzero(alpha > 0)
+    return int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())
+
+
+@pytest.fixture(scope="module")
+def ellipsoid() -> MeshArrays:
+    mesh, _, _ = prepare_with_frame(ellipsoid_mesh(40), 6000, None)
+    return mesh
+
+
+def test_poster_is_rgba_with_a_transparent_background(ellipsoid: MeshArrays) -> None:
+    image = decode(render_poster(ellipsoid, size=256))
+    assert image.shape == (256, 256, 4)
+    alpha = image[..., 3]
+    for corner in (alpha[:16, :16], alpha[:16, -16:], alpha[-16:, :16], alpha[-16:, -16:]):
+        assert corner.max() == 0
+    assert 0.1 < np.mean(alpha > 0) < 0.9  # not empty, not a filled square
+
+
+def test_object_is_framed_inside_the_margin_and_centred(ellipsoid: MeshArrays) -> None:
+    size, view = 256, PosterView()
+    alpha = render_image(ellipsoid, size, view)[..., 3]
+    top, bottom, left, right = occupied_box(alpha)
+    margin = int(view.margin * size)
+    assert top >= margin - 2 and left >= margin - 2
+    assert bottom <= size - margin + 1 and right <= size - margin + 1
+    assert max(bottom - top, right - left) >= size * (1 - 2 * view.margin) - 4  # fills the frame
+    assert abs((top + bottom) / 2 - size / 2) < size * 0.03
+    assert abs((left + right) / 2 - size / 2) < size * 0.03
+
+
+def test_edges_are_antialiased(ellipsoid: MeshArrays) -> None:
+    alpha = render_image(ellipsoid, 128)[..., 3]
+    partial = (alpha > 0) & (alpha < 255)
+    assert partial.sum() > 50  # soft silhouette pixels exist ...
+    assert partial.sum() < 0.2 * (alpha > 0).sum()  # ... only on the silhouette
+
+
+def test_three_quarter_front_view_shows_front_side_and_top() -> None:
+    image = render_image(coloured_box(), 256).astype(np.int64)
+    visible = image[..., 3] == 255
+
+    def pixels_of(name: str) -> int:
+        # Lambert shading scales a colour: compare hue (the colour normalised by its brightest channel).
+        colour = np.array(FACE_COLOURS[name], np.float64)
+        rgb = image[visible][:, :3].astype(np.float64)
+        hue = rgb / np.maximum(rgb.max(axis=1, keepdims=True), 1)
+        return int(np.sum(np.abs(hue - colour / colour.max()).max(axis=1) < 0.2))
+
+    front, side, top = pixels_of("+z"), pixels_of("+x"), pixels_of("+y")
+    assert front > side > 0 and top > 0  # azimuth 30° from +Z: the front is the larger side face
+    for hidden in ("-z", "-x", "-y"):  # a few antialiased red/green edge pixels may read as yellow
+        assert pixels_of(hidden) < front / 100
+
+
+def test_shading_varies_and_colours_are_kept(ellipsoid: MeshArrays) -> None:
+    image = render_image(ellipsoid, 128)
+    solid = image[..., 3] == 255
+    brightness = image[solid][:, :3].astype(np.float64).mean(axis=1)
+    assert brightness.std() > 10  # lit, not flat
+    red = MeshArrays(ellipsoid.vertices, ellipsoid.faces, np.tile(np.uint8([200, 20, 20]), (ellipsoid.n_vertices, 1)))
+    pixels = render_image(red, 64)[..., :3][render_image(red, 64)[..., 3] == 255].astype(np.int64)
+    assert np.all(pixels[:, 0] > pixels[:, 1] + 40)
+
+
+def test_textured_and_vertex_coloured_posters_agree(ellipsoid: MeshArrays) -> None:
+    plain = render_image(ellipsoid, 128).astype(np.float64)
+    textured = render_image(bake_texture(ellipsoid, 512), 128).astype(np.float64)
+    np.testing.assert_array_equal(plain[..., 3], textured[..., 3])
+    solid = plain[..., 3] == 255
+    assert np.abs(plain[solid][:, :3] - textured[solid][:, :3]).mean() < 4.0
+
+
+def test_linear_to_srgb_inverts_srgb_to_linear() -> None:
+    values = np.arange(256, dtype=np.uint8)[:, None].repeat(3, axis=1)
+    np.testing.assert_allclose(linear_to_srgb(srgb_to_linear(values)) * 255, values, atol=1e-3)
+
+
+def test_rejects_empty_meshes_and_tiny_sizes(ellipsoid: MeshArrays) -> None:
+    empty = MeshArrays(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int32), np.zeros((0, 3), np.uint8))
+    with pytest.raises(ValueError):
+        render_image(empty)
+    with pytest.raises(ValueError):
+        render_image(ellipsoid, 4)
