@@ -7,8 +7,7 @@ metrics and FastAPI. Redis being down at start-up is not a constructor failure (
 after a few retries): the loop connects with backoff, and /health reports it.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI must see real types on the routes (Request).
 import asyncio
 import logging
 from typing import Any

@@ -68,6 +68,14 @@ class Shop3dError(Exception):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.code!r}, {self.message!r})"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Errors cross process boundaries (Ray replicas); the default pickling would call cls(message).
+        return (_rebuild_error, (type(self), self.code, self.message, self.details))
+
+
+def _rebuild_error(cls: type[Shop3dError], code: str, message: str, details: dict[str, Any]) -> Shop3dError:
+    return cls(code, message, **details)
+
 
 class JobRejected(Shop3dError):
     """Terminal: the job (or its input) is bad; retrying gives the same answer."""

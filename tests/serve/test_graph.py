@@ -1,0 +1,149 @@
+"""The whole Ray Serve graph on a real local Ray: jobs from the backend's three producers complete
+with a loadable GLB, bad ones are dead-lettered with a `failed` webhook while the ingress keeps
+serving, duplicates run once, the HTTP routes answer and the metrics reach Ray's endpoint.
+
+Real components: redis-server, Ray Serve (one logical GPU), the tiny TripoSR and ONNX matting models,
+a local HTTP server as the backend and image host. The Celery producer is the real `celery` package.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from celery import Celery
+
+from tests.serve.conftest import Backend, RayCluster, app_args, small_options, wait_for
+from tests.support.matting_model import make_product_photo
+from tests.support.redis_server import RedisServer, free_port
+
+pytestmark = pytest.mark.ray
+APP = "shop3d"
+
+
+@dataclass
+class Graph:
+    redis: redis.Redis
+    redis_url: str
+    backend: Backend
+    base_url: str
+    photo_url: str
+
+    def status(self, job_id: str) -> str | None:
+        value = self.redis.hget(f"shop3d:job:{job_id}", "status")
+        return value.decode() if value else None
+
+    def wait_status(self, job_id: str, status: str, timeout_s: float = 120) -> None:
+        wait_for(lambda: self.status(job_id) == status, f"{job_id} {status}", timeout_s)
+
+
+def job_fields(job_id: str, urls: list[str]) -> dict[str, object]:
+    return {"job_id": job_id, "shop": "demo.myshopify.com", "product_id": "gid://shopify/Product/9",
+            "product_handle": "red-mug", "image_urls": urls, "metadata": {"productTitle": "Mug"}, "quality": "fast"}
+
+
+def readme_message(fields: dict[str, object]) -> bytes:
+    """The earlier README's manual test message, byte for byte in shape."""
+    return json.dumps({"task": "generate_3d_model", "id": f"task-{fields['job_id']}", "args": [],
+                       "kwargs": fields}).encode()
+
+
+@pytest.fixture(scope="module")
+def graph(ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Graph]:
+    from ray import serve
+
+    from deployments.app import build_app
+
+    work = tmp_path_factory.mktemp("graph")
+    redis_server = RedisServer(work)
+    redis_server.start()
+    backend = Backend(work / "objects")
+    photo_url = backend.server.serve_bytes("/photos/mug.jpg", make_product_photo(), "image/jpeg")
+    serve.run(build_app(app_args(ray_cluster, redis_server.url, backend), small_options()), name=APP,
+              route_prefix="/")
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        yield Graph(client, redis_server.url, backend, f"http://127.0.0.1:{ray_cluster.http_port}", photo_url)
+    finally:
+        serve.delete(APP)
+        client.close()
+        backend.stop()
+        redis_server.stop()
+
+
+def test_readme_celery_and_bare_jobs_complete_with_a_loadable_glb(graph: Graph) -> None:
+    graph.redis.lpush("celery", readme_message(job_fields("g-readme", [graph.photo_url])))
+    Celery(broker=graph.redis_url).send_task("generate_3d_model", kwargs=job_fields("g-celery", [graph.photo_url]))
+    graph.redis.lpush("celery", json.dumps(job_fields("g-bare", [graph.photo_url])).encode())
+    for job_id in ("g-readme", "g-celery", "g-bare"):
+        graph.wait_status(job_id, "completed")
+        (done,) = graph.backend.events(job_id, "completed")
+        glb = httpx.get(done["assets"]["glb"], timeout=10)
+        assert glb.status_code == 200 and glb.content[:4] == b"glTF"
+        assert len(glb.content) == done["stats"]["glb_bytes"]
+        assert done["stats"]["image"]["url"] == graph.photo_url
+        assert set(done["stats"]["timings_s"]) >= {"forward", "extract", "export", "upload"}
+        assert graph.backend.events(job_id, "processing")
+
+
+def test_malformed_and_unreachable_are_dead_lettered_and_the_ingress_keeps_serving(graph: Graph) -> None:
+    graph.redis.lpush("celery", b'{"task": "generate_3d_model", "kwargs": {"job_id": "g-bad"')
+    closed = f"http://127.0.0.1:{free_port()}/gone.jpg"
+    graph.redis.lpush("celery", readme_message(job_fields("g-unreachable", [closed])))
+    graph.redis.lpush("celery", readme_message(job_fields("g-after", [graph.photo_url])))
+    graph.wait_status("g-unreachable", "failed")
+    graph.wait_status("g-after", "completed")
+    (failed,) = graph.backend.events("g-unreachable", "failed")
+    assert failed["error"]["code"] == "image_unreachable"
+    dead = [json.loads(info) for info in graph.redis.hvals("shop3d:dead:info")]
+    assert {d["error"]["code"] for d in dead} >= {"malformed_message", "image_unreachable"}
+    assert graph.redis.llen("shop3d:dead") >= 2
+    assert any(e["error"]["code"] == "malformed_message" for e in graph.backend.events(status="failed"))
+
+
+def test_the_same_job_pushed_twice_is_processed_once(graph: Graph) -> None:
+    message = readme_message(job_fields("g-twice", [graph.photo_url]))
+    graph.redis.lpush("celery", message, message)
+    graph.wait_status("g-twice", "completed")
+    wait_for(lambda: graph.redis.llen("celery") == 0, "both copies consumed")
+    wait_for(lambda: not any(graph.redis.llen(k) for k in graph.redis.scan_iter("shop3d:processing:*")),
+             "processing lists empty", 30)
+    assert len(graph.backend.events("g-twice", "completed")) == 1
+    assert graph.redis.hget("shop3d:job:g-twice", "attempts") == b"1"
+
+
+def test_http_routes_health_enqueue_and_job_state(graph: Graph) -> None:
+    health = httpx.get(f"{graph.base_url}/health", timeout=30)
+    assert health.status_code == 200, health.text
+    body = health.json()
+    assert body["redis"] is True and body["loop"] is True and body["models"]["reconstruct"]["device"] == "cpu"
+
+    accepted = httpx.post(f"{graph.base_url}/jobs", json=job_fields("g-http", [graph.photo_url]), timeout=10)
+    assert accepted.status_code == 202, accepted.text
+    assert accepted.json() == {"job_id": "g-http", "status": "queued"}
+    graph.wait_status("g-http", "completed")
+    state = httpx.get(f"{graph.base_url}/jobs/g-http", timeout=10).json()
+    assert state["status"] == "completed" and state["assets"]["glb"].endswith("/g-http/model.glb")
+
+    invalid = httpx.post(f"{graph.base_url}/jobs", json={"job_id": "x"}, timeout=10)
+    assert invalid.status_code == 422 and invalid.json()["detail"]["code"] == "invalid_job"
+    assert httpx.get(f"{graph.base_url}/jobs/nope", timeout=10).status_code == 404
+
+
+def test_service_metrics_reach_rays_metrics_endpoint(graph: Graph, ray_cluster: RayCluster) -> None:
+    url = f"http://127.0.0.1:{ray_cluster.metrics_port}/metrics"
+
+    def exported() -> bool:
+        text = httpx.get(url, timeout=10).text
+        return all(name in text for name in ("ray_shop3d_jobs_total", "ray_shop3d_stage_seconds_bucket",
+                                              "ray_shop3d_queue_depth", "ray_shop3d_inflight",
+                                              "ray_shop3d_dead_letters"))
+
+    wait_for(exported, "shop3d series on the metrics endpoint", timeout_s=60, every_s=2)
+    text = httpx.get(url, timeout=10).text
+    assert 'outcome="completed"' in text and 'stage="extract"' in text
