@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from pipeline.errors import Shop3dError
 from pipeline.job import Job
@@ -26,6 +28,7 @@ from pipeline.notify import WebhookSender, build_payload, encode_payload
 from pipeline.redis_keys import UNDELIVERED_WEBHOOKS_KEY, job_key
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 RESULT_FIELD = "result"                 # JSON {assets, stats}: the work is done, ack may still be pending
 DELIVERY_FIELD = "webhook_{status}"     # "delivered" | "failed" | "disabled", per terminal status
@@ -48,22 +51,38 @@ class JobIdentity:
 class JobReporter:
     """Records results and sends status webhooks for one worker; `sender` None means no backend configured."""
 
-    def __init__(self, redis: aioredis.Redis, sender: WebhookSender | None) -> None:
+    def __init__(self, redis: aioredis.Redis, sender: WebhookSender | None, *, redis_retry_s: float = 120.0) -> None:
         self.redis = redis
         self.sender = sender
+        self.redis_retry_s = redis_retry_s
         self._background: set[asyncio.Task[None]] = set()
+
+    async def _redis(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run a Redis operation, retrying through an outage for up to `redis_retry_s`: a finished
+        job must not be failed because Redis restarted while it was being reported."""
+        deadline = time.monotonic() + self.redis_retry_s
+        delay = 0.2
+        while True:
+            try:
+                return await operation()
+            except (RedisError, OSError) as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                logger.warning("Redis unavailable while reporting (%s); retrying in %.1fs", type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def recorded_result(self, job_id: str) -> JobResult | None:
         """The result a previous attempt recorded before it could ack, if any."""
-        raw = await self.redis.hget(job_key(job_id), RESULT_FIELD)
+        raw = await self._redis(lambda: self.redis.hget(job_key(job_id), RESULT_FIELD))
         if raw is None:
             return None
         data = json.loads(raw)
         return JobResult(assets=data["assets"], stats=data["stats"])
 
     async def record_result(self, job_id: str, result: JobResult) -> None:
-        await self.redis.hset(job_key(job_id), RESULT_FIELD,
-                              json.dumps({"assets": dict(result.assets), "stats": dict(result.stats)}))
+        value = json.dumps({"assets": dict(result.assets), "stats": dict(result.stats)})
+        await self._redis(lambda: self.redis.hset(job_key(job_id), RESULT_FIELD, value))
 
     def processing(self, job: Job, attempt: int) -> None:
         """Send the `processing` webhook in the background: a slow backend must not delay the work."""
@@ -99,7 +118,7 @@ class JobReporter:
                 task.cancel()
 
     async def _already_delivered(self, job_id: str, status: str) -> bool:
-        value = await self.redis.hget(job_key(job_id), DELIVERY_FIELD.format(status=status))
+        value = await self._redis(lambda: self.redis.hget(job_key(job_id), DELIVERY_FIELD.format(status=status)))
         return value == b"delivered"
 
     async def _deliver(self, job_id: str, payload: Mapping[str, Any], *, record: bool) -> None:
@@ -111,10 +130,10 @@ class JobReporter:
         if outcome == "failed":
             logger.error("job %s: %s webhook undeliverable (%s); kept in %s", job_id, payload["status"], error,
                          UNDELIVERED_WEBHOOKS_KEY)
-            await self.redis.lpush(UNDELIVERED_WEBHOOKS_KEY, encode_payload(
-                {"payload": payload, "error": error, "recorded_at": utc_now()}))
+            entry = encode_payload({"payload": payload, "error": error, "recorded_at": utc_now()})
+            await self._redis(lambda: self.redis.lpush(UNDELIVERED_WEBHOOKS_KEY, entry))
         if record:
             fields = {DELIVERY_FIELD.format(status=payload["status"]): outcome}
             if error:
                 fields[f"webhook_{payload['status']}_error"] = error
-            await self.redis.hset(job_key(job_id), mapping=fields)
+            await self._redis(lambda: self.redis.hset(job_key(job_id), mapping=fields))
