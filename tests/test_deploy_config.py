@@ -50,17 +50,23 @@ def load_yaml(path: Path) -> Any:
 def load_serve_config(kind: str) -> dict[str, Any]:
     """production / local / kuberay (the RayService's inline serveConfigV2); a fresh copy each call."""
     if kind == "kuberay":
-        return yaml.safe_load(load_yaml(RAYSERVICE_YAML)["spec"]["serveConfigV2"])
-    return load_yaml(SERVE_CONFIG if kind == "production" else LOCAL_SERVE_CONFIG)
+        config = yaml.safe_load(load_yaml(RAYSERVICE_YAML)["spec"]["serveConfigV2"])
+    else:
+        config = load_yaml(SERVE_CONFIG if kind == "production" else LOCAL_SERVE_CONFIG)
+    if not isinstance(config, dict):
+        raise TypeError(f"the {kind} serve config is not a mapping")
+    return config
 
 
 def the_app(config: Mapping[str, Any]) -> dict[str, Any]:
-    (app,) = config["applications"]
+    """The config's one application (shop3d)."""
+    apps: list[dict[str, Any]] = config["applications"]
+    (app,) = apps
     return app
 
 
 def deployment(config: Mapping[str, Any], name: str) -> dict[str, Any]:
-    matches = [d for d in the_app(config)["deployments"] if d["name"] == name]
+    matches: list[dict[str, Any]] = [d for d in the_app(config)["deployments"] if d["name"] == name]
     if len(matches) != 1:
         raise LookupError(f"expected one deployment {name!r}, found {len(matches)}")
     return matches[0]
@@ -157,10 +163,11 @@ def deployment_options(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 @pytest.mark.parametrize("kind", ["production", "local"])
-def test_graph_builds_from_the_configs_args_and_options(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_graph_builds_from_the_configs_args_and_options(kind: str, monkeypatch: pytest.MonkeyPatch,
+                                                         tmp_path: Path) -> None:
     """`args` pass AppArgs (extra keys forbidden) and the builder's Settings check; Serve's own
     Deployment.options accepts every deployment's options (it rejects unknown actor options)."""
-    monkeypatch.chdir(REPO_ROOT.parent)  # Settings would also read a developer's .env from the cwd
+    monkeypatch.chdir(tmp_path)  # Settings would also read a developer's .env from the cwd
     # What every production node's environment provides (cluster.yaml / the RayService):
     monkeypatch.setenv("SUPABASE_URL", "https://project.supabase.invalid")
     monkeypatch.setenv("SUPABASE_SERVICE_ROLE_KEY", "stand-in-for-the-node-environment")
@@ -169,8 +176,9 @@ def test_graph_builds_from_the_configs_args_and_options(kind: str, monkeypatch: 
     assert isinstance(build_app(args, deployment_options(config)), Application)
 
 
-def test_builder_rejects_an_unknown_actor_option() -> None:
+def test_builder_rejects_an_unknown_actor_option(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """The check above could fail: a num_gpu typo in the options is refused by Serve's options()."""
+    monkeypatch.chdir(tmp_path)
     options = deployment_options(load_serve_config("local"))
     rename_key(options["Reconstruct"]["ray_actor_options"], "num_gpus", "num_gpu")
     with pytest.raises(ValueError, match="num_gpu"):
@@ -185,10 +193,10 @@ def keys_read_from_user_config(method: Callable[..., Any]) -> set[str]:
         if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
                 and isinstance(node.func.value, ast.Name) and node.func.value.id == parameter
                 and node.args and isinstance(node.args[0], ast.Constant)):
-            keys.add(node.args[0].value)
+            keys.add(str(node.args[0].value))
         elif (isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id == parameter
               and isinstance(node.slice, ast.Constant)):
-            keys.add(node.slice.value)
+            keys.add(str(node.slice.value))
     return keys
 
 
@@ -196,7 +204,8 @@ def keys_read_from_user_config(method: Callable[..., Any]) -> set[str]:
 def test_user_config_is_what_reconstruct_reconfigure_reads(kind: str) -> None:
     reconstruct = deployment(load_serve_config(kind), "Reconstruct")
     user_config = reconstruct["user_config"]
-    assert set(user_config) == keys_read_from_user_config(DEPLOYMENTS["Reconstruct"].func_or_class.reconfigure)
+    reconfigure = DEPLOYMENTS["Reconstruct"].func_or_class.reconfigure  # type: ignore[attr-defined]
+    assert set(user_config) == keys_read_from_user_config(reconfigure)
     assert isinstance(user_config["max_batch_size"], int) and user_config["max_batch_size"] >= 1
     assert isinstance(user_config["chunk_size"], int) and user_config["chunk_size"] >= 0
     assert user_config["batch_wait_timeout_s"] >= 0
@@ -279,7 +288,7 @@ def test_launcher_validation_rejects_a_typo() -> None:
     """Unlike Serve's schema, the launcher's JSON schema forbids extra keys: the check above can fail."""
     config = load_yaml(CLUSTER_YAML)
     rename_key(config["available_node_types"]["worker.gpu"], "max_workers", "max_workerz")
-    with pytest.raises(Exception, match="max_workerz"):
+    with pytest.raises(Exception, match="max_workerz"):  # jsonschema.ValidationError (no type stubs)
         validate_config(prepare_config(config))
 
 
@@ -320,25 +329,25 @@ def rayservice_pools() -> dict[str, tuple[float, float, int]]:
 
 
 def most_replicas(entry: Mapping[str, Any]) -> int:
-    return entry.get("num_replicas") or entry["autoscaling_config"]["max_replicas"]
+    return int(entry.get("num_replicas") or entry["autoscaling_config"]["max_replicas"])
 
 
 @pytest.mark.parametrize("pools", [cluster_pools, rayservice_pools], ids=["cluster.yaml", "rayservice"])
 def test_every_deployment_fits_its_pool_at_full_scale(pools: Callable[[], dict[str, Any]]) -> None:
     """Each label_selector names a pool that exists, and the pool holds the stage at max_replicas."""
     capacity = pools()
-    demand: dict[str, list[float]] = {pool: [0.0, 0.0] for pool in capacity}
+    cpu_demand = dict.fromkeys(capacity, 0.0)
     for entry in the_app(load_serve_config("production"))["deployments"]:
         actor = entry["ray_actor_options"]
         pool = actor["label_selector"]["pool"]
         assert pool in capacity, f"{entry['name']} selects pool {pool!r}, which no node type offers"
         cpus, gpus, nodes = capacity[pool]
-        demand[pool][0] += most_replicas(entry) * actor["num_cpus"]
+        cpu_demand[pool] += most_replicas(entry) * actor["num_cpus"]
         if actor.get("num_gpus"):
             per_node = min(gpus / actor["num_gpus"], cpus / actor["num_cpus"])
             assert per_node * nodes >= most_replicas(entry), f"{entry['name']}: max_replicas cannot be placed"
     for pool, (cpus, _gpus, nodes) in capacity.items():
-        assert demand[pool][0] <= cpus * nodes, f"pool {pool!r} is short of CPUs at full scale"
+        assert cpu_demand[pool] <= cpus * nodes, f"pool {pool!r} is short of CPUs at full scale"
 
 
 def rayservice_image() -> str:
@@ -373,9 +382,10 @@ SECRET_ASSIGNMENT = re.compile(r"\b\w*(secret|password|passwd|service_role|api_?
 def secrets_in_structure(node: Any, path: str = "") -> Iterator[str]:
     """Secret-named keys holding literals, K8s env entries not from a secretKeyRef, credential-like values."""
     if isinstance(node, Mapping):
-        if "name" in node and {"value", "valueFrom"} & node.keys() and SECRET_NAME.search(str(node["name"])):
-            if "value" in node or "secretKeyRef" not in (node.get("valueFrom") or {}):
-                yield f"{path}: env {node['name']} must come from valueFrom.secretKeyRef"
+        is_env_entry = "name" in node and bool({"value", "valueFrom"} & node.keys())
+        from_secret = "value" not in node and "secretKeyRef" in (node.get("valueFrom") or {})
+        if is_env_entry and SECRET_NAME.search(str(node["name"])) and not from_secret:
+            yield f"{path}: env {node['name']} must come from valueFrom.secretKeyRef"
         for key, value in node.items():
             if SECRET_NAME.search(str(key)) and not isinstance(value, (Mapping, list)):
                 yield f"{path}.{key}: a secret-looking key with a literal value"
@@ -456,7 +466,9 @@ def dockerfile_env() -> dict[str, str]:
     env: dict[str, str] = {}
     for instruction, arguments in dockerfile_instructions(DOCKERFILE.read_text(encoding="utf-8")):
         if instruction == "ENV":
-            env.update(pair.split("=", 1) for pair in arguments.split())
+            for pair in arguments.split():
+                name, _, value = pair.partition("=")
+                env[name] = value
     return env
 
 
