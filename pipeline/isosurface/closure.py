@@ -1,0 +1,75 @@
+"""The fast path's fine-level guarantee: every cell that yields triangles has all 8 corners queried.
+
+Points never queried hold an estimate (`refinement`). Marching cubes makes triangles only in cells whose
+corners are not all on one side. While such a cell has an estimated corner, its corners are queried,
+which may expose the next such cell (the surface followed cell by cell), until none is left. Then each
+triangle comes from a cell of real samples, the same cell with the same values as in the dense volume,
+so a surface component that touches any such cell is traced in full; only a component whose cells all
+keep a one-sided estimate can be lost (what the refinement margin is for).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.isosurface.lattice import corner_any
+from pipeline.isosurface.refinement import CoarseToFineSample, DensityAt
+
+logger = logging.getLogger(__name__)
+
+_CORNERS = np.array(list(itertools.product((0, 1), repeat=3)), dtype=np.int64)  # (8, 3) cell corner offsets
+
+
+@dataclass(frozen=True)
+class ClosedVolume:
+    """values (R, R, R) float32 = density_act - threshold where queried, an estimate elsewhere."""
+
+    values: np.ndarray
+    points_added: int
+    rounds: int
+
+
+def cells_to_complete(values: np.ndarray, queried: np.ndarray) -> np.ndarray:
+    """Cells (M, 3) whose corners are on both sides of 0 and include an unqueried point (whole grid)."""
+    below = values < 0
+    mixed = corner_any(below) & corner_any(~below)
+    del below
+    return np.argwhere(mixed & corner_any(~queried))
+
+
+def cells_to_complete_near(values: np.ndarray, queried: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """`cells_to_complete` restricted to the cells that have one of `points` (K, 3) as a corner."""
+    cells_per_axis = values.shape[0] - 1
+    candidates = (points[:, None, :] - _CORNERS[None]).reshape(-1, 3)
+    candidates = candidates[((candidates >= 0) & (candidates < cells_per_axis)).all(axis=1)]
+    cells = np.unique(np.ravel_multi_index(candidates.T, (cells_per_axis,) * 3))
+    cells = np.stack(np.unravel_index(cells, (cells_per_axis,) * 3), axis=1)
+    corners = np.ravel_multi_index((cells[:, None, :] + _CORNERS[None]).reshape(-1, 3).T, values.shape)
+    below = (values.reshape(-1)[corners] < 0).reshape(-1, 8)
+    complete = queried.reshape(-1)[corners].reshape(-1, 8).all(axis=1)
+    return cells[below.any(axis=1) & ~below.all(axis=1) & ~complete]
+
+
+def close_surface(sample: CoarseToFineSample, density_at: DensityAt, threshold: float) -> ClosedVolume:
+    """Fill the sample and query corners until no triangle-making cell has a filled corner."""
+    values, queried = sample.values, sample.queried
+    flat_values, flat_queried = values.reshape(-1), queried.reshape(-1)
+    cells = cells_to_complete(values, queried)
+    added = rounds = 0
+    while cells.size:
+        corners = np.unique(np.ravel_multi_index((cells[:, None, :] + _CORNERS[None]).reshape(-1, 3).T,
+                                                 values.shape))
+        corners = corners[~flat_queried[corners]]
+        points = np.stack(np.unravel_index(corners, values.shape), axis=1)
+        flat_values[corners] = density_at(points) - np.float32(threshold)
+        flat_queried[corners] = True
+        added += corners.size
+        rounds += 1
+        cells = cells_to_complete_near(values, queried, points)
+    if added:
+        logger.debug("closure queried %d more points in %d rounds", added, rounds)
+    return ClosedVolume(values, added, rounds)
