@@ -139,11 +139,20 @@ def running_replicas(app: str, deployment: str) -> int:
 
 
 def replica_pids(app: str, deployment: str) -> list[int]:
-    """PIDs of the live replica actors of one deployment (to SIGKILL them)."""
-    from ray.util.state import list_actors
-
-    actors = list_actors(filters=[("class_name", "=", f"ServeReplica:{app}:{deployment}"), ("state", "=", "ALIVE")])
-    return [int(actor.pid) for actor in actors]
+    """PIDs of one deployment's replica processes (to SIGKILL them), found by the process title Ray
+    gives actor workers (`ray::ServeReplica:<app>:<deployment>...`); the state API would need the dashboard."""
+    title = f"ray::ServeReplica:{app}:{deployment}".encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if cmdline.startswith(title) and cmdline[len(title):len(title) + 1] in (b"", b".", b"\x00", b" "):
+            pids.append(int(proc.name))
+    return pids
 
 
 @pytest.fixture

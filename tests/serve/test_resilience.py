@@ -1,0 +1,110 @@
+"""Failures in a running graph: a Reconstruct replica and, separately, the Ingress replica killed with
+SIGKILL mid-job, and Redis restarted mid-run. Each time the work still completes exactly once: one
+`completed` webhook and one stored object per job, nothing lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.serve.conftest import (Backend, RayCluster, app_args, replica_pids, running_replicas, small_options,
+                                  wait_for)
+from tests.serve.test_graph import job_fields, readme_message
+from tests.support.matting_model import make_product_photo
+from tests.support.redis_server import RedisServer
+
+pytestmark = pytest.mark.ray
+APP = "shop3d-resilience"
+
+
+@dataclass
+class Running:
+    redis: redis.Redis
+    backend: Backend
+    photo_url: str
+
+    def field(self, job_id: str, name: str) -> str | None:
+        value = self.redis.hget(f"shop3d:job:{job_id}", name)
+        return value.decode() if value else None
+
+    def objects(self, job_id: str) -> list[Path]:
+        """Every file stored for the job (temp files included, so a leftover would show)."""
+        return sorted(p for p in self.backend.storage_dir.rglob("*") if p.is_file() and job_id in str(p))
+
+
+def deploy(cluster: RayCluster, redis_url: str, backend: Backend, **overrides: object) -> None:
+    from ray import serve
+
+    from deployments.app import build_app
+
+    serve.run(build_app(app_args(cluster, redis_url, backend, **overrides), small_options()), name=APP,
+              route_prefix=None)
+
+
+@pytest.fixture
+def running(ray_cluster: RayCluster, own_redis: RedisServer, tmp_path: Path) -> Iterator[Running]:
+    from ray import serve
+
+    backend = Backend(tmp_path / "objects")
+    photo = backend.server.serve_bytes("/mug.jpg", make_product_photo(), "image/jpeg")
+    deploy(ray_cluster, own_redis.url, backend)
+    client = redis.Redis.from_url(own_redis.url)
+    try:
+        yield Running(client, backend, photo)
+    finally:
+        serve.delete(APP)
+        client.close()
+        backend.stop()
+
+
+def _kill_during(running: Running, job_id: str, deployment: str, stage: str) -> int:
+    """Push a balanced-quality job, SIGKILL `deployment`'s replica once the job reaches `stage`."""
+    fields = {**job_fields(job_id, [running.photo_url]), "quality": "balanced"}
+    running.redis.lpush("celery", readme_message(fields))
+    wait_for(lambda: running.field(job_id, "stage") == stage, f"{job_id} in {stage}", timeout_s=120, every_s=0.05)
+    (pid,) = replica_pids(APP, deployment)
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def test_reconstruct_replica_killed_mid_job_completes_once(running: Running) -> None:
+    killed = _kill_during(running, "r-kill-gpu", "Reconstruct", "reconstruct")
+    wait_for(lambda: running.field("r-kill-gpu", "status") == "completed", "job completed after the kill", 240)
+    assert killed not in replica_pids(APP, "Reconstruct")          # Serve replaced the dead replica
+    assert running_replicas(APP, "Reconstruct") == 1
+    assert len(running.backend.events("r-kill-gpu", "completed")) == 1
+    assert [p.name for p in running.objects("r-kill-gpu")] == ["model.glb"]
+    assert int(running.field("r-kill-gpu", "attempts") or 0) == 2    # retried once as worker_lost
+
+
+def test_ingress_replica_killed_mid_job_completes_once(running: Running) -> None:
+    killed = _kill_during(running, "r-kill-ingress", "Ingress", "reconstruct")
+    wait_for(lambda: running.field("r-kill-ingress", "status") == "completed", "job completed after the kill", 240)
+    assert killed not in replica_pids(APP, "Ingress")
+    assert len(running.backend.events("r-kill-ingress", "completed")) == 1
+    assert [p.name for p in running.objects("r-kill-ingress")] == ["model.glb"]
+    assert running.redis.llen("shop3d:dead") == 0
+
+
+def test_redis_restart_mid_run_loses_nothing(running: Running, own_redis: RedisServer) -> None:
+    # A production Redis persists; make this one save on shutdown so a restart keeps the data.
+    running.redis.config_set("save", "3600 1")
+    ids = [f"r-restart-{i}" for i in range(3)]
+    for job_id in ids:
+        running.redis.lpush("celery", readme_message(job_fields(job_id, [running.photo_url])))
+    wait_for(lambda: running.field(ids[0], "status") == "processing", "first job running", 120, 0.05)
+    own_redis.restart()
+    for job_id in ids:
+        wait_for(lambda: running.field(job_id, "status") == "completed", f"{job_id} completed", 240)
+        assert len(running.backend.events(job_id, "completed")) == 1
+        assert [p.name for p in running.objects(job_id)] == ["model.glb"]
+    assert running.redis.llen("celery") == 0 and running.redis.llen("shop3d:dead") == 0
+    undelivered = [json.loads(x) for x in running.redis.lrange("shop3d:webhooks:undelivered", 0, -1)]
+    assert undelivered == []
