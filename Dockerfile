@@ -24,6 +24,8 @@ RUN pip install --no-cache-dir "torch==${TORCH_VERSION}" \
 
 # The project, installed (not editable) so `deployments.app:build` and the autoscaling policy
 # import on every node. ray[serve]==2.60.0 in pyproject.toml matches the base image: no reinstall.
+# Created by the image's `ray` user first: WORKDIR alone may create it root-owned, and pip builds in it.
+RUN mkdir -p /home/ray/shop3d
 WORKDIR /home/ray/shop3d
 COPY --chown=ray:users pyproject.toml README.md ./
 COPY --chown=ray:users pipeline ./pipeline
