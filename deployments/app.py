@@ -4,8 +4,7 @@
 Resource options live in serve_config.yaml (production) or in `deployment_options` (tests, `shop3d serve`).
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: Serve reads `build`'s annotation to validate `args` as AppArgs.
 from typing import Any
 
 from ray.serve import Application

@@ -190,9 +190,6 @@ def test_builder_rejects_an_unknown_actor_option(monkeypatch: pytest.MonkeyPatch
         build_app(AppArgs.model_validate(the_app(load_serve_config("local"))["args"]), options)
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError, reason=(
-    "deployments/app.py has `from __future__ import annotations`, so Serve sees build's annotation as "
-    "the string 'AppArgs', skips the pydantic conversion and passes a plain dict (fix belongs in app.py)"))
 def test_serve_calls_the_builder_with_validated_args(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """What `serve deploy` does with import_path + args: Ray's own builder call and AppArgs conversion."""
     from ray.serve._private.api import call_user_app_builder_with_args_if_necessary as call_builder
