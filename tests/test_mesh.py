@@ -207,11 +207,22 @@ def test_closure_traces_a_surface_the_coarse_levels_only_touch() -> None:
 
 def test_fast_path_queries_each_grid_point_at_most_once() -> None:
     field = AnalyticField(blobs)
-    _, stats = extract_mesh_with_stats(field, SCENE_CODE, 96)
-    grid_points = np.concatenate(field.queried[:-1])  # the last call is the colour query at vertices
+    mesh, stats = extract_mesh_with_stats(field, SCENE_CODE, 96, chunk_size=1 << 22)
+    assert mesh.n_vertices < 1 << 22  # so the colour query is the one last call
+    grid_points = np.concatenate(field.queried[:-1])
     index = np.rint((grid_points + RADIUS) / BOX * 95).astype(np.int64)
     flat = (index[:, 0] * 96 + index[:, 1]) * 96 + index[:, 2]
     assert flat.size == stats.points_queried == np.unique(flat).size
+
+
+def test_dense_path_queries_every_grid_point_once_in_chunks() -> None:
+    field = AnalyticField(sphere)
+    mesh, stats = extract_mesh_with_stats(field, SCENE_CODE, 40, method="dense", chunk_size=5000)
+    assert mesh.n_vertices <= 5000  # so the colour query is the one last call
+    calls = field.queried[:-1]
+    assert max(call.shape[0] for call in calls) == 5000 and stats.points_queried == 40**3
+    index = np.rint((np.concatenate(calls) + RADIUS) / BOX * 39).astype(np.int64)
+    assert np.array_equal(index, np.stack(np.meshgrid(*[np.arange(40)] * 3, indexing="ij"), -1).reshape(-1, 3))
 
 
 def test_colors_are_uint8_of_the_query_at_the_final_vertices() -> None:
@@ -255,7 +266,7 @@ def tiny_model(tiny_fixture_dir: Path) -> Iterator[torch.nn.Module]:
 def test_dense_grid_of_the_tiny_model_matches_the_fixture_grid(tiny_model: torch.nn.Module,
                                                                reference: dict[str, np.ndarray]) -> None:
     scene_code = torch.from_numpy(reference["scene_codes"][0])
-    grid = GridQuery(tiny_model, scene_code, 64, 8192).dense_density()  # type: ignore[arg-type]
+    grid = GridQuery(tiny_model, scene_code, 64, 65536).dense_density()  # type: ignore[arg-type]
     np.testing.assert_allclose(grid, reference["mc_density_grid"], rtol=1e-4, atol=1e-4)
 
 

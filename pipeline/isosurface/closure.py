@@ -24,6 +24,11 @@ logger = logging.getLogger(__name__)
 _CORNERS = np.array(list(itertools.product((0, 1), repeat=3)), dtype=np.int64)  # (8, 3) cell corner offsets
 
 
+def corner_offsets(size: int) -> np.ndarray:
+    """Flat-index offsets (8,) from a cell's lower corner to its 8 corners in an (R, R, R) grid."""
+    return _CORNERS @ np.array([size * size, size, 1], dtype=np.int64)
+
+
 @dataclass(frozen=True)
 class ClosedVolume:
     """values (R, R, R) float32 = density_act - threshold where queried, an estimate elsewhere."""
@@ -34,7 +39,7 @@ class ClosedVolume:
 
 
 def cells_to_complete(values: np.ndarray, queried: np.ndarray) -> np.ndarray:
-    """Cells (M, 3) whose corners are on both sides of 0 and include an unqueried point (whole grid)."""
+    """Cells (M, 3), by lower corner, whose corners are on both sides of 0 and include an unqueried point."""
     below = values < 0
     mixed = corner_any(below) & corner_any(~below)
     del below
@@ -42,34 +47,41 @@ def cells_to_complete(values: np.ndarray, queried: np.ndarray) -> np.ndarray:
 
 
 def cells_to_complete_near(values: np.ndarray, queried: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """`cells_to_complete` restricted to the cells that have one of `points` (K, 3) as a corner."""
-    cells_per_axis = values.shape[0] - 1
-    candidates = (points[:, None, :] - _CORNERS[None]).reshape(-1, 3)
-    candidates = candidates[((candidates >= 0) & (candidates < cells_per_axis)).all(axis=1)]
-    cells = np.unique(np.ravel_multi_index(candidates.T, (cells_per_axis,) * 3))
-    cells = np.stack(np.unravel_index(cells, (cells_per_axis,) * 3), axis=1)
-    corners = np.ravel_multi_index((cells[:, None, :] + _CORNERS[None]).reshape(-1, 3).T, values.shape)
-    below = (values.reshape(-1)[corners] < 0).reshape(-1, 8)
-    complete = queried.reshape(-1)[corners].reshape(-1, 8).all(axis=1)
+    """`cells_to_complete` among the cells with a corner in `points` (flat grid indices); returns the
+    cells as the flat grid index of their lower corner."""
+    size = values.shape[0]
+    offsets = corner_offsets(size)
+    coords = np.stack(np.unravel_index(points, values.shape), axis=1)
+    candidates = (coords[:, None, :] - _CORNERS[None]).reshape(-1, 3)
+    inside = ((candidates >= 0) & (candidates < size - 1)).all(axis=1)
+    cells = np.unique((points[:, None] - offsets[None]).reshape(-1)[inside])
+    corners = cells[:, None] + offsets[None]
+    below = values.reshape(-1)[corners] < 0
+    complete = queried.reshape(-1)[corners].all(axis=1)
     return cells[below.any(axis=1) & ~below.all(axis=1) & ~complete]
 
 
 def close_surface(sample: CoarseToFineSample, density_at: DensityAt, threshold: float) -> ClosedVolume:
-    """Fill the sample and query corners until no triangle-making cell has a filled corner."""
+    """Query corners until no triangle-making cell has an estimated corner (module docstring).
+
+    After a round, only cells at a corner whose sign changed (estimate -> sample) can newly need it: the
+    others kept their signs, and the cells that needed it had all their corners queried in the round.
+    """
     values, queried = sample.values, sample.queried
     flat_values, flat_queried = values.reshape(-1), queried.reshape(-1)
-    cells = cells_to_complete(values, queried)
+    offsets = corner_offsets(values.shape[0])
+    cells = np.ravel_multi_index(cells_to_complete(values, queried).T, values.shape)
     added = rounds = 0
     while cells.size:
-        corners = np.unique(np.ravel_multi_index((cells[:, None, :] + _CORNERS[None]).reshape(-1, 3).T,
-                                                 values.shape))
+        corners = np.unique((cells[:, None] + offsets[None]).reshape(-1))
         corners = corners[~flat_queried[corners]]
+        estimated_below = flat_values[corners] < 0
         points = np.stack(np.unravel_index(corners, values.shape), axis=1)
         flat_values[corners] = density_at(points) - np.float32(threshold)
         flat_queried[corners] = True
         added += corners.size
         rounds += 1
-        cells = cells_to_complete_near(values, queried, points)
+        cells = cells_to_complete_near(values, queried, corners[estimated_below != (flat_values[corners] < 0)])
     if added:
         logger.debug("closure queried %d more points in %d rounds", added, rounds)
     return ClosedVolume(values, added, rounds)
