@@ -4,7 +4,7 @@ run the service, and make random test checkpoints.
     shop3d generate SOURCE... [--quality fast|balanced|quality] [--out DIR]
     shop3d submit URL... --shop S --product-id P --handle H [--quality Q] [--job-id ID]
     shop3d status JOB_ID
-    shop3d serve [--cpu-only]
+    shop3d serve [--cpu-only] [--port 8000]
     shop3d model random --size tiny|full DIR
 Settings come from the environment or `.env` (pipeline/settings.py); no command prints a secret.
 """
@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("job_id")
     serve = commands.add_parser("serve", help="run the Ray Serve graph on this machine (Ctrl-C stops it)")
     serve.add_argument("--cpu-only", action="store_true", help="ignore GPUs even when present")
+    serve.add_argument("--port", type=int, default=8000, help="HTTP port for /health and /jobs (default 8000)")
     model = commands.add_parser("model", help="model tools")
     model_commands = model.add_subparsers(dest="model_command", required=True)
     random_cmd = model_commands.add_parser("random", help="write a random-weight checkpoint (testing/benchmarks)",
@@ -105,7 +106,7 @@ def _run_status(args: argparse.Namespace, settings: Settings) -> int:
 def _run_serve(args: argparse.Namespace, settings: Settings) -> int:
     from deployments.local import serve_locally
 
-    return serve_locally(settings, cpu_only=args.cpu_only)
+    return serve_locally(settings, cpu_only=args.cpu_only, port=args.port)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
