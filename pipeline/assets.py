@@ -13,17 +13,27 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from pipeline import report as qa
 from pipeline.errors import JobRejected
-from pipeline.export import (CONTENT_TYPES, EXPORTERS, FILENAMES, ModelStats, _dimensions_or_default)
-from pipeline.geometry import (NATIVE_TO_GLTF, Dimensions, ScaleChoice, choose_scale, clean_mesh, decimate,
-                               drop_small_fragments, orient_for_gltf, scale_and_place)
+from pipeline.export import CONTENT_TYPES, EXPORTERS, FILENAMES, ModelStats, dimensions_or_default
+from pipeline.geometry import (
+    NATIVE_TO_GLTF,
+    Dimensions,
+    ScaleChoice,
+    choose_scale,
+    clean_mesh,
+    decimate,
+    drop_small_fragments,
+    orient_for_gltf,
+    scale_and_place,
+)
 from pipeline.mesh_arrays import MeshArrays
 from pipeline.presets import Preset
 from pipeline.texture import ColorFunction, TexturedMesh, bake_texture
@@ -202,7 +212,7 @@ def export_assets(mesh_native: MeshArrays, preset: Preset, metadata: Mapping[str
     """
     chosen = resolve_formats(formats)
     started = time.perf_counter()
-    mesh, scale, frame = prepare_with_frame(mesh_native, preset.max_faces, _dimensions_or_default(metadata, job_id))
+    mesh, scale, frame = prepare_with_frame(mesh_native, preset.max_faces, dimensions_or_default(metadata, job_id))
     run = _Run(job_id=job_id, color_fn=color_fn, frame=frame, timings={"geometry": time.perf_counter() - started})
     data: dict[str, bytes] = {}
     data["glb"], glb_model, mesh = _write_within_budget(run, "glb", mesh, preset.texture_size,

@@ -243,7 +243,8 @@ class ExportedModel:
     stats: ModelStats
 
 
-def _dimensions_or_default(metadata: Mapping[str, Any] | None, job_id: str) -> Dimensions | None:
+def dimensions_or_default(metadata: Mapping[str, Any] | None, job_id: str) -> Dimensions | None:
+    """The job's real-world dimensions, or None (the default size) when absent or unusable (logged)."""
     # Dimensions are optional shop metadata: a bad value should not throw away a finished model.
     try:
         return parse_dimensions(metadata)
@@ -258,7 +259,7 @@ def export_model(mesh_native: MeshArrays, preset: Preset, metadata: Mapping[str,
 
     Raises `empty_mesh` when nothing usable is left, `export_failed` when a budget cannot be met.
     """
-    mesh, scale = prepare_for_ar(mesh_native, preset.max_faces, _dimensions_or_default(metadata, job_id))
+    mesh, scale = prepare_for_ar(mesh_native, preset.max_faces, dimensions_or_default(metadata, job_id))
     glb = to_glb(mesh)
     if len(glb) > preset.max_glb_bytes:
         raise JobRejected("export_failed",

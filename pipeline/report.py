@@ -7,8 +7,9 @@ the model as report.json, `summarize_report` -> the small part the `completed` w
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

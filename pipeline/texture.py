@@ -9,8 +9,9 @@ so no flip is needed for glTF (USD's st flips v at its own writer).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
@@ -65,7 +66,7 @@ class UVLayout:
 
 def chart_padding(texture_size: int) -> int:
     """Texels between charts: upstream's round(max(2, size / 256)), enough for the mip levels viewers use."""
-    return int(round(max(2.0, texture_size / 256)))
+    return round(max(2.0, texture_size / 256))
 
 
 def unwrap_uv(mesh: MeshArrays, texture_size: int) -> UVLayout:

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from pipeline.assets import prepare_with_frame
+from pipeline.export import srgb_to_linear
 from pipeline.mesh_arrays import MeshArrays
 from pipeline.poster import PosterView, linear_to_srgb, render_image, render_poster
-from pipeline.export import srgb_to_linear
 from pipeline.texture import bake_texture
 from tests.test_geometry import ellipsoid_mesh
 
@@ -23,7 +23,9 @@ FACE_COLOURS = {"+z": (220, 30, 30), "+x": (30, 200, 30), "+y": (30, 30, 220),
 def coloured_box(size: tuple[float, float, float] = (0.2, 0.3, 0.25)) -> MeshArrays:
     """A box standing on y = 0 (glTF frame), each face its own colour (vertices not shared between faces)."""
     half = np.array(size) / 2
-    vertices, faces, colours = [], [], []
+    vertices: list[np.ndarray] = []
+    faces: list[list[int]] = []
+    colours: list[tuple[int, int, int]] = []
     for name, colour in FACE_COLOURS.items():
         axis = "xyz".index(name[1])
         sign = 1.0 if name[0] == "+" else -1.0
@@ -111,7 +113,7 @@ def test_shading_varies_and_colours_are_kept(ellipsoid: MeshArrays) -> None:
     solid = image[..., 3] == 255
     brightness = image[solid][:, :3].astype(np.float64).mean(axis=1)
     assert brightness.std() > 10  # lit, not flat
-    red = MeshArrays(ellipsoid.vertices, ellipsoid.faces, np.tile(np.uint8([200, 20, 20]), (ellipsoid.n_vertices, 1)))
+    red = MeshArrays(ellipsoid.vertices, ellipsoid.faces, np.tile(np.array([200, 20, 20], np.uint8), (ellipsoid.n_vertices, 1)))
     pixels = render_image(red, 64)[..., :3][render_image(red, 64)[..., 3] == 255].astype(np.int64)
     assert np.all(pixels[:, 0] > pixels[:, 1] + 40)
 

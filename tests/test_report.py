@@ -106,7 +106,8 @@ def test_over_budget_glb_is_decimated_and_the_step_recorded() -> None:
 
 def noise_color(points: np.ndarray) -> np.ndarray:
     """Texel-scale noise: a PNG cannot compress it, so texture bytes grow with the texture's area."""
-    return np.modf(np.abs(np.sin(points @ np.array([[127.1, 311.7, 74.7]] * 3).T * 1000.0)) * 43758.5)[0]
+    hashed: np.ndarray = np.modf(np.abs(np.sin(points @ np.array([[127.1, 311.7, 74.7]] * 3).T * 1000.0)) * 43758.5)[0]
+    return hashed
 
 
 def test_over_budget_texture_is_halved_first() -> None:

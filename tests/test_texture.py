@@ -8,13 +8,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import trimesh
 
 from pipeline.assets import ExportFrame, prepare_with_frame
 from pipeline.export import to_textured_glb
 from pipeline.geometry import NATIVE_TO_GLTF, prepare_for_ar
 from pipeline.mesh_arrays import MeshArrays
-from pipeline.texture import (TexturedMesh, bake_texture, chart_padding, fill_empty_texels, model_color_fn,
-                              sample_texture)
+from pipeline.texture import (
+    TexturedMesh,
+    bake_texture,
+    chart_padding,
+    fill_empty_texels,
+    model_color_fn,
+    sample_texture,
+)
 from tests.test_export import assert_valid, gltf_json, load_glb
 from tests.test_geometry import ellipsoid_mesh
 
@@ -132,10 +139,14 @@ def test_textured_glb_is_valid_and_round_trips(baked: TexturedMesh) -> None:
     assert_valid(glb)
     reloaded = load_glb(glb)
     np.testing.assert_allclose(reloaded.vertices, baked.mesh.vertices, atol=1e-7)
+    visual = reloaded.visual
+    assert isinstance(visual, trimesh.visual.TextureVisuals)
+    assert isinstance(visual.material, trimesh.visual.material.PBRMaterial)
     # trimesh converts glTF's top-left UV origin to OpenGL's bottom-left one on load.
     flipped = np.stack([baked.uvs[:, 0], 1.0 - baked.uvs[:, 1]], axis=1)
-    np.testing.assert_allclose(reloaded.visual.uv, flipped, atol=1e-6)
-    image = np.asarray(reloaded.visual.material.baseColorTexture.convert("RGB"))
+    np.testing.assert_allclose(visual.uv, flipped, atol=1e-6)
+    assert visual.material.baseColorTexture is not None
+    image = np.asarray(visual.material.baseColorTexture.convert("RGB"))
     np.testing.assert_array_equal(image, baked.texture)
 
 
@@ -143,7 +154,9 @@ def test_a_gltf_loader_reads_the_baked_colours(placed: tuple[MeshArrays, ExportF
     """trimesh samples the texture by its own reading of glTF's UV convention: orientation check."""
     _, frame = placed
     reloaded = load_glb(to_textured_glb(baked))
-    seen = np.asarray(reloaded.visual.to_color().vertex_colors)[:, :3].astype(np.float64)
+    assert isinstance(reloaded.visual, trimesh.visual.TextureVisuals)
+    colour_visuals = reloaded.visual.to_color()  # type: ignore[no-untyped-call]
+    seen = np.asarray(colour_visuals.vertex_colors)[:, :3].astype(np.float64)
     expected = native_color(frame.to_native(reloaded.vertices)) * 255
     assert np.median(np.abs(seen - expected)) < 4.0
 
