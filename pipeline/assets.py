@@ -7,6 +7,10 @@
 Formats follow the job (`DEFAULT_FORMATS` when it names none). The GLB is always built (its stats
 and validation feed the report) but only shipped when asked for. A file over its byte budget first
 gets a smaller texture, then fewer faces; each step is written into the report.
+
+No Draco or meshopt compression: every preset meets its budget uncompressed (the quality GLB is
+about a third of 15 MB, mostly its PNG, which neither compresses), compressed meshes need a decoder
+in every viewer and Draco quantises positions; DracoPy is maintained, meshoptimizer's binding is alpha.
 """
 
 from __future__ import annotations
@@ -203,12 +207,13 @@ def _validate(run: _Run, data: dict[str, bytes]) -> dict[str, qa.ValidatorVerdic
 
 def export_assets(mesh_native: MeshArrays, preset: Preset, metadata: Mapping[str, Any] | None = None,
                   formats: Sequence[str] | None = None, *, color_fn: ColorFunction | None = None,
-                  job_id: str = "-", validate: bool = True) -> ExportedAssets:
+                  job_id: str = "-", validate: bool = True,
+                  stage_timings: Mapping[str, float] | None = None) -> ExportedAssets:
     """Native marching-cubes mesh -> the job's files within the preset's budgets, plus the QA report.
 
     `color_fn` (native-frame colours, e.g. `texture.model_color_fn`) feeds the baked textures; without
-    it they interpolate vertex colours. Raises `empty_mesh`, or `export_failed` when a budget cannot
-    be met; ValueError on unknown formats.
+    it they interpolate vertex colours. `stage_timings` (earlier stages, seconds) join the report's.
+    Raises `empty_mesh`, or `export_failed` when a budget cannot be met; ValueError on unknown formats.
     """
     chosen = resolve_formats(formats)
     started = time.perf_counter()
@@ -236,7 +241,7 @@ def export_assets(mesh_native: MeshArrays, preset: Preset, metadata: Mapping[str
     report = qa.build_report(job_id=job_id, preset=preset.name, formats=chosen, model=stats.to_dict(),
                              surface=qa.check_surface(mesh.faces), files={k: len(v) for k, v in data.items()},
                              texture_sizes=textures, validators=verdicts, budgets=budgets,
-                             adjustments=run.adjustments, timings_s=run.timings)
+                             adjustments=run.adjustments, timings_s={**(stage_timings or {}), **run.timings})
     data["report"] = qa.report_json(report)
     files = {name: AssetFile(name, FILENAMES[name], CONTENT_TYPES[name], data[name]) for name in chosen}
     logger.info("job %s: exported %s (%d faces; %s)", job_id, ", ".join(chosen), mesh.n_faces,

@@ -1,8 +1,10 @@
-"""Mesh -> file bytes: a format -> function table, the GLB writer, and `export_model` for one job.
+"""Mesh -> file bytes: a format -> function table, the GLB writers, and `export_model` for one job.
 
 The GLB is written by hand (about a hundred lines) rather than through trimesh so that every field
 is ours to choose and the Khronos validator reports no errors: one triangle primitive with
 POSITION, NORMAL and COLOR_0, indices, and a rough non-metal material so viewers light it sensibly.
+A baked `TexturedMesh` gets TEXCOORD_0 and an embedded PNG baseColorTexture instead of COLOR_0.
+The table also names the USDZ and poster writers; `pipeline.assets` builds a whole job's files.
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -33,18 +32,17 @@ class UsdUnavailable(RuntimeError):
     """usd-core (the `pxr` package) is not installed; `pip install usd-core` provides it."""
 
 
-def _pxr() -> dict[str, ModuleType]:
+def _require_usd() -> None:
+    """Fail on use, not on import, when usd-core is missing; the pxr imports below then succeed."""
     try:
-        from pxr import Gf, Sdf, Usd, UsdGeom, UsdShade, UsdUtils, Vt
+        import pxr  # noqa: F401
     except ImportError as exc:
         raise UsdUnavailable("USDZ needs usd-core: pip install usd-core") from exc
-    return {"Gf": Gf, "Sdf": Sdf, "Usd": Usd, "UsdGeom": UsdGeom, "UsdShade": UsdShade,
-            "UsdUtils": UsdUtils, "Vt": Vt}
 
 
-def _define_mesh(pxr: dict[str, ModuleType], stage: Any, mesh: MeshArrays, normals: np.ndarray,
-                 uvs: np.ndarray | None) -> Any:
-    Vt, UsdGeom, Sdf = pxr["Vt"], pxr["UsdGeom"], pxr["Sdf"]
+def _define_mesh(stage: Any, mesh: MeshArrays, normals: np.ndarray, uvs: np.ndarray | None) -> Any:
+    from pxr import Sdf, UsdGeom, Vt
+
     geometry = UsdGeom.Mesh.Define(stage, MESH_PRIM)
     points = np.ascontiguousarray(mesh.vertices, dtype=np.float32)
     geometry.CreatePointsAttr(Vt.Vec3fArray.FromNumpy(points))
@@ -67,8 +65,10 @@ def _define_mesh(pxr: dict[str, ModuleType], stage: Any, mesh: MeshArrays, norma
     return geometry
 
 
-def _define_material(pxr: dict[str, ModuleType], stage: Any, mean_color: np.ndarray, textured: bool) -> Any:
-    UsdShade, Sdf, Gf = pxr["UsdShade"], pxr["Sdf"], pxr["Gf"]
+def _define_material(stage: Any, mean_color: np.ndarray, textured: bool) -> Any:
+    """A UsdPreviewSurface: the baked texture through an st reader, or the mean colour when untextured."""
+    from pxr import Gf, Sdf, UsdShade
+
     material = UsdShade.Material.Define(stage, MATERIAL_PRIM)
     surface = UsdShade.Shader.Define(stage, f"{MATERIAL_PRIM}/preview")
     surface.CreateIdAttr("UsdPreviewSurface")
@@ -85,8 +85,7 @@ def _define_material(pxr: dict[str, ModuleType], stage: Any, mean_color: np.ndar
         image.CreateInput("sourceColorSpace", Sdf.ValueTypeNames.Token).Set("sRGB")
         image.CreateInput("wrapS", Sdf.ValueTypeNames.Token).Set("clamp")
         image.CreateInput("wrapT", Sdf.ValueTypeNames.Token).Set("clamp")
-        image.CreateInput("st", Sdf.ValueTypeNames.Float2).ConnectToSource(
-            reader.ConnectableAPI(), "result")
+        image.CreateInput("st", Sdf.ValueTypeNames.Float2).ConnectToSource(reader.ConnectableAPI(), "result")
         diffuse.ConnectToSource(image.ConnectableAPI(), "rgb")
     else:
         diffuse.Set(Gf.Vec3f(*(float(c) for c in mean_color)))
@@ -94,20 +93,22 @@ def _define_material(pxr: dict[str, ModuleType], stage: Any, mean_color: np.ndar
     return material
 
 
-def _write_stage(pxr: dict[str, ModuleType], path: Path, model: MeshArrays | TexturedMesh) -> None:
-    Usd, UsdGeom, UsdShade = pxr["Usd"], pxr["UsdGeom"], pxr["UsdShade"]
-    textured = isinstance(model, TexturedMesh)
-    mesh = model.mesh if isinstance(model, TexturedMesh) else model
-    normals = model.normals if isinstance(model, TexturedMesh) else compute_vertex_normals(mesh.vertices,
-                                                                                         mesh.faces)
+def _write_stage(path: Path, model: MeshArrays | TexturedMesh) -> None:
+    """The root layer: Y up, metres, default prim /product holding the mesh and its bound material."""
+    from pxr import Usd, UsdGeom, UsdShade
+
+    if isinstance(model, TexturedMesh):
+        mesh, normals, uvs = model.mesh, model.normals, model.uvs
+    else:
+        mesh, normals, uvs = model, compute_vertex_normals(model.vertices, model.faces), None
     stage = Usd.Stage.CreateNew(str(path))
     UsdGeom.SetStageUpAxis(stage, UsdGeom.Tokens.y)
     UsdGeom.SetStageMetersPerUnit(stage, UsdGeom.LinearUnits.meters)
     root = UsdGeom.Xform.Define(stage, ROOT_PRIM)
     stage.SetDefaultPrim(root.GetPrim())
     Usd.ModelAPI(root.GetPrim()).SetKind("component")
-    geometry = _define_mesh(pxr, stage, mesh, normals, model.uvs if isinstance(model, TexturedMesh) else None)
-    material = _define_material(pxr, stage, srgb_to_linear(mesh.colors).mean(axis=0), textured)
+    geometry = _define_mesh(stage, mesh, normals, uvs)
+    material = _define_material(stage, srgb_to_linear(mesh.colors).mean(axis=0), uvs is not None)
     UsdShade.MaterialBindingAPI.Apply(geometry.GetPrim()).Bind(material)
     stage.GetRootLayer().Save()
 
@@ -120,15 +121,17 @@ def to_usdz(model: MeshArrays | TexturedMesh) -> bytes:
     mesh = model.mesh if isinstance(model, TexturedMesh) else model
     if mesh.n_faces == 0:
         raise ValueError("cannot write a USDZ without triangles")
-    pxr = _pxr()
+    _require_usd()
+    from pxr import Sdf, UsdUtils
+
     # USD writes layers and packages through files; a private folder keeps concurrent jobs apart.
     with tempfile.TemporaryDirectory(prefix="shop3d-usdz-") as folder:
         layer = Path(folder) / "model.usdc"
         if isinstance(model, TexturedMesh):
             Image.fromarray(model.texture, "RGB").save(Path(folder) / TEXTURE_FILE, optimize=True)
-        _write_stage(pxr, layer, model)
+        _write_stage(layer, model)
         package = Path(folder) / "model.usdz"
-        if not pxr["UsdUtils"].CreateNewARKitUsdzPackage(pxr["Sdf"].AssetPath(str(layer)), str(package)):
+        if not UsdUtils.CreateNewARKitUsdzPackage(Sdf.AssetPath(str(layer)), str(package)):
             raise RuntimeError("usd-core could not package the USDZ")
         return package.read_bytes()
 
@@ -151,7 +154,7 @@ def _arkit_validators(pxr_validation: Any) -> list[Any]:
 def check_usdz(data: bytes) -> UsdzReport:
     """Run the validators `usdchecker --arkit` runs (usd-core ≥ 25.05: every registered one, the
     UsdzValidators included) on USDZ bytes. A package that does not open is one error."""
-    _pxr()
+    _require_usd()
     from pxr import Tf, Usd, UsdValidation
 
     context = UsdValidation.ValidationContext(_arkit_validators(UsdValidation))

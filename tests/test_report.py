@@ -65,7 +65,7 @@ def test_resolve_formats() -> None:
 
 def test_default_formats_give_glb_poster_and_a_matching_report() -> None:
     assets = export_assets(ellipsoid_mesh(40), PRESETS["fast"], {"dimensions": {"height": "25 cm"}},
-                           job_id="job-7")
+                           job_id="job-7", stage_timings={"reconstruct": 2.5})
     assert list(assets.files) == ["glb", "poster", "report"]
     glb, poster, report_file = assets.files["glb"], assets.files["poster"], assets.files["report"]
     assert (glb.filename, glb.content_type) == ("model.glb", "model/gltf-binary")
@@ -79,7 +79,8 @@ def test_default_formats_give_glb_poster_and_a_matching_report() -> None:
     assert report["surface"]["watertight"] is True
     assert report["validators"]["glb"]["status"] == "passed"
     assert report["budgets"]["passed"] is True and report["adjustments"] == []
-    assert {"geometry", "glb", "poster", "validate_glb"} <= set(report["timings_s"])
+    assert {"reconstruct", "geometry", "glb", "poster", "validate_glb"} <= set(report["timings_s"])
+    assert report["timings_s"]["reconstruct"] == 2.5
     assert assets.summary["validators"] == {"glb": "passed"} and assets.summary["budgets_passed"]
 
 

@@ -179,7 +179,7 @@ def test_bake_from_the_tiny_triposr_colour_field(tiny_fixture_dir: Path) -> None
     with torch.no_grad():
         native = extract_mesh(model, scene_code, 48)
     mesh, _, frame = prepare_with_frame(native, 3000, None)
-    color_fn = model_color_fn(model, scene_code)
+    color_fn = model_color_fn(model, scene_code, batch=5000)  # several batches: the loop is exercised
     textured = bake_texture(mesh, 256, color_fn, frame.to_native)
     positions, uvs = surface_samples(textured, 1000, seed=2)
     with torch.no_grad():
