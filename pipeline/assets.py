@@ -117,14 +117,15 @@ def resolve_formats(requested: Sequence[str] | None, default: Sequence[str] = DE
 
 @dataclass
 class _Run:
-    """Mutable state of one export: timings, budget adjustments and a cache of bakes by (faces, size)."""
+    """Mutable state of one export: timings, budget adjustments and the bakes made so far."""
 
     job_id: str
     color_fn: ColorFunction | None
     frame: ExportFrame
     timings: dict[str, float] = field(default_factory=dict)
     adjustments: list[str] = field(default_factory=list)
-    bakes: dict[tuple[int, int], TexturedMesh] = field(default_factory=dict)
+    # (mesh, size, bake): the mesh itself is held, so an identity match can never be a recycled id().
+    bakes: list[tuple[MeshArrays, int, TexturedMesh]] = field(default_factory=list)
 
     @contextmanager
     def timed(self, stage: str) -> Iterator[None]:
@@ -138,12 +139,13 @@ class _Run:
         """The mesh itself (size 0) or its bake at texture_size, baked once per mesh and size."""
         if texture_size == 0:
             return mesh
-        key = (id(mesh), texture_size)
-        if key not in self.bakes:
-            with self.timed("bake"):
-                self.bakes[key] = bake_texture(mesh, texture_size, self.color_fn, self.frame.to_native,
-                                               job_id=self.job_id)
-        return self.bakes[key]
+        for baked_mesh, size, baked in self.bakes:
+            if baked_mesh is mesh and size == texture_size:
+                return baked
+        with self.timed("bake"):
+            baked = bake_texture(mesh, texture_size, self.color_fn, self.frame.to_native, job_id=self.job_id)
+        self.bakes.append((mesh, texture_size, baked))
+        return baked
 
 
 def _write_within_budget(run: _Run, fmt: str, mesh: MeshArrays, texture_size: int, max_bytes: int,
