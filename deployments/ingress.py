@@ -75,11 +75,12 @@ class Ingress:
 
     async def _execute(self, job: Any) -> JobResult:
         """matting -> reconstruct -> publish; responses are passed on unawaited, only the last is awaited."""
-        resolution = get_preset(job.quality).mc_resolution
+        preset = get_preset(job.quality)
         try:
             async with asyncio.timeout(self.settings.job_timeout_s):
                 selected = self.matting.prepare.remote(job)
-                reconstructed = self.reconstruct.reconstruct.remote(selected, resolution, job.job_id)
+                reconstructed = self.reconstruct.reconstruct.remote(selected, preset.mc_resolution, job.job_id,
+                                                                    preset.texture_size > 0)
                 result: JobResult = await self.publish.publish.remote(job, reconstructed)
                 return result
         except TimeoutError:

@@ -26,16 +26,19 @@ class Publish:
         settings = replica_settings(overrides)
         self.store = make_object_store(settings)
         self.store.ensure_ready()
+        self.default_formats = settings.default_formats
         self.progress = ProgressRecorder(settings.redis_url)
         self.timer = StageTimer()
 
     async def publish(self, job: Job, reconstructed: Reconstructed) -> JobResult:
         await self.progress.record(job.job_id, "export", 80)
-        published = await asyncio.to_thread(publish_mesh, job, reconstructed.reconstruction.mesh, self.store)
+        recon = reconstructed.reconstruction
+        earlier = {"forward": recon.forward_s, "extract": recon.extract_s}
+        published = await asyncio.to_thread(publish_mesh, job, recon.mesh, self.store, color_fn=recon.color_field,
+                                            default_formats=self.default_formats, stage_timings=earlier)
         for stage, seconds in published.timings.items():
             self.timer.observe(stage, seconds)
-        recon = reconstructed.reconstruction
-        timings = {"forward": recon.forward_s, "extract": recon.extract_s, **published.timings}
+        timings = {**earlier, **published.timings}
         stats = {**published.stats, "timings_s": {k: round(v, 3) for k, v in timings.items()},
                  "image": reconstructed.image}
         return JobResult(assets=published.asset_urls, stats=stats)

@@ -64,10 +64,11 @@ class Reconstruct:
         self.model.chunk_size = self.chunk_size
         self.extraction = user_config.get("extraction", self.extraction)
 
-    async def reconstruct(self, selected: SelectedImage, resolution: int, job_id: str) -> Reconstructed:
-        """One job's mesh; raises its Shop3dError (empty_mesh, model_failed)."""
+    async def reconstruct(self, selected: SelectedImage, resolution: int, job_id: str,
+                          color_field: bool = False) -> Reconstructed:
+        """One job's mesh (and its colour field when a texture will be baked); raises its Shop3dError."""
         await self.progress.record(job_id, "reconstruct", 20)
-        result = await self._reconstruct_batch(selected, resolution)
+        result = await self._reconstruct_batch(selected, resolution, color_field)
         if isinstance(result, Shop3dError):
             raise result
         self.timer.observe("forward", result.forward_s)
@@ -76,11 +77,11 @@ class Reconstruct:
         return Reconstructed(result, image)
 
     @serve.batch(max_batch_size=DEFAULT_BATCH_SIZE, batch_wait_timeout_s=0.1)
-    async def _reconstruct_batch(self, selected: list[SelectedImage],
-                                 resolutions: list[int]) -> list[Reconstruction | Shop3dError]:
+    async def _reconstruct_batch(self, selected: list[SelectedImage], resolutions: list[int],
+                                 color_fields: list[bool]) -> list[Reconstruction | Shop3dError]:
         logger.info("reconstructing a batch of %d", len(selected))
         return await asyncio.to_thread(reconstruct_meshes, self.model, [s.framed for s in selected], resolutions,
-                                       method=self.extraction, chunk_size=self.chunk_size)
+                                       method=self.extraction, chunk_size=self.chunk_size, color_fields=color_fields)
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
         """The backlog in Redis (jobs nobody has claimed yet), for `backlog_policy`."""

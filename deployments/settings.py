@@ -39,6 +39,7 @@ class AppArgs(BaseModel):
     device: Literal["auto", "cpu", "cuda"] | None = None
     chunk_size: int | None = Field(None, ge=0)
     allow_private_urls: bool | None = None
+    default_formats: tuple[Literal["glb", "usdz", "poster", "report"], ...] | None = None
 
     def overrides(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)

@@ -19,18 +19,21 @@ from pipeline.images import to_model_input
 from pipeline.mesh import ExtractionMethod, extract_mesh_with_stats
 from pipeline.mesh_arrays import MeshArrays
 from pipeline.model import TripoSR
+from pipeline.model.color_field import ColorField
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Reconstruction:
-    """One image's mesh (native frame) and what it cost; `forward_s` is the batch's forward time."""
+    """One image's mesh (native frame) and what it cost; `forward_s` is the batch's forward time.
+    `color_field` is set when asked for: texture bakes query it on a replica without the model."""
 
     mesh: MeshArrays
     forward_s: float
     extract_s: float
     points_queried: int
+    color_field: ColorField | None = None
 
 
 def model_batch(model: TripoSR, framed_images: Sequence[np.ndarray]) -> torch.Tensor:
@@ -44,16 +47,17 @@ def model_batch(model: TripoSR, framed_images: Sequence[np.ndarray]) -> torch.Te
 
 
 def reconstruct_meshes(model: TripoSR, framed_images: Sequence[np.ndarray], resolutions: Sequence[int], *,
-                       method: ExtractionMethod = "fast", chunk_size: int = 65536,
-                       threshold: float = 25.0) -> list[Reconstruction | Shop3dError]:
+                       method: ExtractionMethod = "fast", chunk_size: int = 65536, threshold: float = 25.0,
+                       color_fields: Sequence[bool] | None = None) -> list[Reconstruction | Shop3dError]:
     """A mesh per framed image at its own marching-cubes resolution, in order; an image whose field has
     no surface gets its error, not a mesh.
 
     Per-image failures are returned rather than raised so one bad image does not fail a whole batch.
     A failure of the batched forward itself raises JobRejected("model_failed").
     """
-    if len(resolutions) != len(framed_images):
-        raise ValueError(f"{len(framed_images)} images but {len(resolutions)} resolutions")
+    wants_field = list(color_fields) if color_fields is not None else [False] * len(framed_images)
+    if not len(resolutions) == len(wants_field) == len(framed_images):
+        raise ValueError(f"{len(framed_images)} images, {len(resolutions)} resolutions, {len(wants_field)} flags")
     if not framed_images:
         return []
     started = time.perf_counter()
@@ -64,21 +68,23 @@ def reconstruct_meshes(model: TripoSR, framed_images: Sequence[np.ndarray], reso
         raise JobRejected("model_failed", f"TripoSR forward failed ({type(exc).__name__})") from exc
     forward_s = time.perf_counter() - started
     results: list[Reconstruction | Shop3dError] = []
-    for scene_code, resolution in zip(scene_codes, resolutions):
+    for scene_code, resolution, with_field in zip(scene_codes, resolutions, wants_field):
         try:
             mesh, stats = extract_mesh_with_stats(model, scene_code, resolution, threshold,
                                                   method=method, chunk_size=chunk_size)
         except Shop3dError as exc:
             results.append(exc)
             continue
-        results.append(Reconstruction(mesh, forward_s, stats.seconds, stats.points_queried))
+        field = ColorField.from_model(model, scene_code) if with_field else None
+        results.append(Reconstruction(mesh, forward_s, stats.seconds, stats.points_queried, field))
     return results
 
 
-def reconstruct_mesh(model: TripoSR, framed: np.ndarray, resolution: int, *,
-                     method: ExtractionMethod = "fast", chunk_size: int = 65536) -> Reconstruction:
+def reconstruct_mesh(model: TripoSR, framed: np.ndarray, resolution: int, *, method: ExtractionMethod = "fast",
+                     chunk_size: int = 65536, color_field: bool = False) -> Reconstruction:
     """One image -> one Reconstruction; raises its Shop3dError (empty_mesh, model_failed)."""
-    (result,) = reconstruct_meshes(model, [framed], [resolution], method=method, chunk_size=chunk_size)
+    (result,) = reconstruct_meshes(model, [framed], [resolution], method=method, chunk_size=chunk_size,
+                                   color_fields=[color_field])
     if isinstance(result, Shop3dError):
         raise result
     return result

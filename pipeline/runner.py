@@ -26,7 +26,7 @@ from pipeline.job import Job
 from pipeline.mesh import ExtractionMethod
 from pipeline.model import TripoSR
 from pipeline.presets import get_preset
-from pipeline.publish import PublishedModel, export_for_job, upload_exported
+from pipeline.publish import PublishedModel, export_for_job, upload_exported, webhook_stats
 from pipeline.reconstruct import Reconstruction, reconstruct_mesh
 from pipeline.settings import Settings
 from pipeline.storage import ObjectStore
@@ -55,6 +55,7 @@ class Services:
     chunk_size: int = 65536
     extraction: ExtractionMethod = "fast"
     fetch: Fetcher | None = None  # None: the SSRF-safe downloader; the CLI adds local files
+    default_formats: tuple[str, ...] = ("glb", "poster", "report")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Services":
@@ -70,7 +71,7 @@ class Services:
         store.ensure_ready()
         return cls(model=model, remover=BackgroundRemover(settings.rembg_model), http=make_http_client(policy),
                    download_policy=policy, store=store, max_pixels=settings.max_image_pixels,
-                   chunk_size=settings.chunk_size)
+                   chunk_size=settings.chunk_size, default_formats=settings.default_formats)
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -129,13 +130,15 @@ async def process_job(job: Job, services: Services, *, on_progress: ProgressCall
     with stage_errors("reconstruct", job.job_id):
         reconstruction: Reconstruction = await asyncio.to_thread(
             reconstruct_mesh, services.model, image.framed, preset.mc_resolution,
-            method=services.extraction, chunk_size=services.chunk_size)
+            method=services.extraction, chunk_size=services.chunk_size, color_field=preset.texture_size > 0)
     timings["forward"], timings["extract"] = reconstruction.forward_s, reconstruction.extract_s
 
     await _report(on_progress, "export")
     started = time.perf_counter()
     with stage_errors("export", job.job_id):
-        exported = await asyncio.to_thread(export_for_job, job, reconstruction.mesh)
+        exported = await asyncio.to_thread(export_for_job, job, reconstruction.mesh,
+                                           color_fn=reconstruction.color_field,
+                                           default_formats=services.default_formats, stage_timings=dict(timings))
     timings["export"] = time.perf_counter() - started
 
     await _report(on_progress, "upload")
@@ -145,7 +148,7 @@ async def process_job(job: Job, services: Services, *, on_progress: ProgressCall
     timings["upload"] = time.perf_counter() - started
 
     await _report(on_progress, "done")
-    published = PublishedModel(objects=objects, stats=exported.stats.to_dict(), timings=dict(timings))
+    published = PublishedModel(objects=objects, stats=webhook_stats(exported), timings=dict(timings))
     logger.info("job %s: done in %.2fs (%s)", job.job_id, sum(timings.values()),
                 ", ".join(f"{k} {v:.2f}s" for k, v in timings.items()))
     return JobOutput(published=published, image=image, timings=timings)

@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     torch_threads: int | None = None
     chunk_size: int = Field(65536, ge=0, description="points per decoder call; 0 = unchunked")
     default_quality: Quality = "balanced"
+    # Files made when a job names no `formats`: any of glb, usdz, poster, report (JSON list in the env).
+    default_formats: tuple[Literal["glb", "usdz", "poster", "report"], ...] = ("glb", "poster", "report")
 
     # input safety
     allow_private_urls: bool = False

@@ -93,3 +93,25 @@ def test_bad_photo_fails_with_its_code(tiny_fixture_dir: Path, tmp_path: Path, h
 def test_stage_starts_are_increasing() -> None:
     starts = list(STAGE_START.values())
     assert starts == sorted(starts) and starts[0] == 0 and starts[-1] == 100
+
+
+def test_job_formats_choose_the_files_and_each_is_stored_under_the_job(tiny_fixture_dir: Path, tmp_path: Path,
+                                                                       http_server: LocalHTTPServer) -> None:
+    import json
+
+    url = http_server.serve_bytes("/mug.jpg", make_product_photo(), "image/jpeg")
+    job = Job(job_id="job-formats", shop="demo.myshopify.com", product_id="1", product_handle="red-mug",
+              image_urls=(url,), quality="fast", formats=("glb", "usdz", "poster", "report"))
+    output = _run(job, tiny_fixture_dir, tmp_path, http_server)
+    keys = {name: stored.key for name, stored in output.published.objects.items()}
+    prefix = "demo.myshopify.com/red-mug/job-formats/"
+    assert keys == {"glb": prefix + "model.glb", "usdz": prefix + "model.usdz", "poster": prefix + "poster.png",
+                    "report": prefix + "report.json"}
+    root = tmp_path / "objects"
+    assert (root / keys["poster"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (root / keys["usdz"]).read_bytes()[:2] == b"PK"
+    report = json.loads((root / keys["report"]).read_text())
+    assert report["validators"]["glb"]["status"] == "passed" and report["budgets"]["passed"] is True
+    stats = output.published.stats
+    assert stats["bytes"]["usdz"] == (root / keys["usdz"]).stat().st_size and stats["validators"]["usdz"] == "passed"
+    assert stats["faces"] <= 20_000 and stats["glb_bytes"] == stats["bytes"]["glb"]
