@@ -205,6 +205,15 @@ def test_closure_traces_a_surface_the_coarse_levels_only_touch() -> None:
     assert_same_surface(fast, dense)
 
 
+def test_last_level_margin_searches_more_cells_without_changing_a_smooth_surface() -> None:
+    dense = extract_mesh(AnalyticField(blobs), SCENE_CODE, 96, method="dense")
+    _, default = extract_mesh_with_stats(AnalyticField(blobs), SCENE_CODE, 96)
+    searched, stats = extract_mesh_with_stats(AnalyticField(blobs), SCENE_CODE, 96,
+                                              refinement=RefinementSettings(final_curvature_safety=1.0))
+    assert stats.points_queried > default.points_queried
+    assert_same_surface(searched, dense)
+
+
 def test_fast_path_queries_each_grid_point_at_most_once() -> None:
     field = AnalyticField(blobs)
     mesh, stats = extract_mesh_with_stats(field, SCENE_CODE, 96, chunk_size=1 << 22)
