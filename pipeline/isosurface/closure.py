@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.isosurface.lattice import corner_any
+from pipeline.isosurface.lattice import corner_any, points_of_cells
 from pipeline.isosurface.refinement import CoarseToFineSample, DensityAt
 
 logger = logging.getLogger(__name__)
@@ -38,17 +38,19 @@ class ClosedVolume:
     rounds: int
 
 
-def cells_to_complete(values: np.ndarray, queried: np.ndarray) -> np.ndarray:
-    """Cells (M, 3), by lower corner, whose corners are on both sides of 0 and include an unqueried point."""
+def corners_to_complete(values: np.ndarray, queried: np.ndarray) -> np.ndarray:
+    """Unqueried corners (flat grid indices, sorted) of the cells whose corners lie on both sides of 0 and
+    include an unqueried point: the whole grid, as masks (cheaper than listing cells and deduplicating)."""
     below = values < 0
     mixed = corner_any(below) & corner_any(~below)
     del below
-    return np.argwhere(mixed & corner_any(~queried))
+    mixed &= corner_any(~queried)
+    return np.flatnonzero(points_of_cells(mixed) & ~queried)
 
 
 def cells_to_complete_near(values: np.ndarray, queried: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """`cells_to_complete` among the cells with a corner in `points` (flat grid indices); returns the
-    cells as the flat grid index of their lower corner."""
+    """Among the cells with a corner in `points` (flat grid indices), those whose corners lie on both
+    sides of 0 and include an unqueried point, as the flat grid index of their lower corner."""
     size = values.shape[0]
     offsets = corner_offsets(size)
     coords = np.stack(np.unravel_index(points, values.shape), axis=1)
@@ -70,11 +72,9 @@ def close_surface(sample: CoarseToFineSample, density_at: DensityAt, threshold: 
     values, queried = sample.values, sample.queried
     flat_values, flat_queried = values.reshape(-1), queried.reshape(-1)
     offsets = corner_offsets(values.shape[0])
-    cells = np.ravel_multi_index(cells_to_complete(values, queried).T, values.shape)
+    corners = corners_to_complete(values, queried)
     added = rounds = 0
-    while cells.size:
-        corners = np.unique((cells[:, None] + offsets[None]).reshape(-1))
-        corners = corners[~flat_queried[corners]]
+    while corners.size:
         estimated_below = flat_values[corners] < 0
         points = np.stack(np.unravel_index(corners, values.shape), axis=1)
         flat_values[corners] = density_at(points) - np.float32(threshold)
@@ -82,6 +82,8 @@ def close_surface(sample: CoarseToFineSample, density_at: DensityAt, threshold: 
         added += corners.size
         rounds += 1
         cells = cells_to_complete_near(values, queried, corners[estimated_below != (flat_values[corners] < 0)])
+        corners = np.unique((cells[:, None] + offsets[None]).reshape(-1))
+        corners = corners[~flat_queried[corners]]
     if added:
         logger.debug("closure queried %d more points in %d rounds", added, rounds)
     return ClosedVolume(values, added, rounds)

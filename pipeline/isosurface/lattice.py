@@ -93,17 +93,15 @@ def dilate_cells(cells: np.ndarray, steps: int) -> np.ndarray:
 
 
 def interpolate_axis(values: np.ndarray, lattice: np.ndarray, targets: np.ndarray, axis: int) -> np.ndarray:
-    """Linear interpolation along `axis` of lattice samples to the fine indices `targets`.
-
-    A target on a lattice point takes that sample exactly (a NaN neighbour does not leak in); NaN
-    corners otherwise give NaN.
-    """
+    """Linear interpolation along `axis` of lattice samples (no NaN) to the fine indices `targets`."""
     cell = np.clip(np.searchsorted(lattice, targets, side="right") - 1, 0, lattice.size - 2)
     offset = (targets - lattice[cell]).astype(np.float32)
-    weight = offset / (lattice[cell + 1] - lattice[cell]).astype(np.float32)
     shape = [1, 1, 1]
     shape[axis] = targets.size
-    weight = weight.reshape(shape)
+    weight = (offset / (lattice[cell + 1] - lattice[cell]).astype(np.float32)).reshape(shape)
     low = np.take(values, cell, axis=axis)
-    high = np.take(values, cell + 1, axis=axis)
-    return np.where(weight == 0, low, low + weight * (high - low))
+    out = np.take(values, cell + 1, axis=axis)
+    out -= low
+    out *= weight
+    out += low  # low + 0 * (high - low) is exactly low on lattice points
+    return out
