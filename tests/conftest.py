@@ -48,3 +48,11 @@ def tiny_fixture_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     target = tmp_path_factory.mktemp("tiny") / "tiny"
     shutil.copytree(TINY_FIXTURE_DIR, target)
     return target
+
+
+@pytest.fixture(scope="session")
+def full_random_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A full-size (released dimensions, 1.7 GB) random-weight checkpoint, written once per session."""
+    from pipeline.model.random_checkpoint import write_random_checkpoint
+
+    return write_random_checkpoint(tmp_path_factory.mktemp("full-random") / "full", "full", seed=0)

@@ -305,13 +305,12 @@ def test_fast_equals_dense_on_the_tiny_model(tiny_model: torch.nn.Module,
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
-def test_fast_equals_dense_on_a_full_size_random_model_at_256(tmp_path: Path) -> None:
+def test_fast_equals_dense_on_a_full_size_random_model_at_256(full_random_checkpoint: Path) -> None:
     from pipeline.model import load_pretrained
-    from pipeline.model.random_checkpoint import make_calibration_image, write_random_checkpoint
+    from pipeline.model.random_checkpoint import make_calibration_image
 
-    model = load_pretrained(write_random_checkpoint(tmp_path / "full", "full"))
+    model = load_pretrained(full_random_checkpoint)
     scene_code = model(make_calibration_image(model.config.cond_image_size))[0]
-    (tmp_path / "full" / "model.ckpt").unlink()  # 1.7 GB no longer needed
     dense, dense_stats = extract_mesh_with_stats(model, scene_code, 256, method="dense")
     fast, fast_stats = extract_mesh_with_stats(model, scene_code, 256)
     assert abs(fast.n_faces - dense.n_faces) <= 0.005 * dense.n_faces

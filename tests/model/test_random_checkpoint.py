@@ -92,8 +92,8 @@ def test_main_writes_and_prints_the_directory(tmp_path: Path, capsys: pytest.Cap
 
 
 @pytest.mark.slow
-def test_full_random_checkpoint_round_trip(tmp_path: Path) -> None:
-    out = write_random_checkpoint(tmp_path / "full", "full", seed=0)
+def test_full_random_checkpoint_round_trip(full_random_checkpoint: Path) -> None:
+    out = full_random_checkpoint
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "model.ckpt"]
     assert abs((out / "model.ckpt").stat().st_size - 1_677_290_527) < 1_000_000
     model = load_pretrained(out)
