@@ -65,9 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000, help="HTTP port for /health and /jobs (default 8000)")
     model = commands.add_parser("model", help="model tools")
     model_commands = model.add_subparsers(dest="model_command", required=True)
-    random_cmd = model_commands.add_parser("random", help="write a random-weight checkpoint (testing/benchmarks)",
-                                           add_help=False)
-    random_cmd.add_argument("rest", nargs=argparse.REMAINDER)
+    # Listed for --help only; main() hands `model random ...` to the maker's own parser.
+    model_commands.add_parser("random", help="write a random-weight checkpoint (testing/benchmarks): "
+                              "--size tiny|full DIR [--seed N]")
     return parser
 
 
@@ -111,15 +111,16 @@ def _run_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `shop3d` console script; returns the exit status."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:2] == ["model", "random"]:
+        from pipeline.model.random_checkpoint import main as random_main
+
+        return random_main(arguments[2:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO lines print full URLs with query tokens
-    if args.command == "model":
-        from pipeline.model.random_checkpoint import main as random_main
-
-        return random_main(args.rest)
     try:
         settings = Settings()
     except ValueError as exc:

@@ -106,3 +106,13 @@ def test_submit_rejects_an_invalid_job(redis_url: str, tmp_path: Path, tiny_fixt
     done = subprocess.run([*SHOP3D, "submit", "https://cdn.example.com/a.jpg", "--shop", "bad shop/..",
                            "--product-id", "1", "--handle", "x"], env=env, capture_output=True, timeout=60)
     assert done.returncode == 1 and b"invalid_job" in done.stderr
+
+
+def test_model_random_writes_a_loadable_tiny_checkpoint(tmp_path: Path) -> None:
+    done = subprocess.run([*SHOP3D, "model", "random", "--size", "tiny", str(tmp_path / "ckpt")],
+                          capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert Path(done.stdout.decode().strip()) == tmp_path / "ckpt"
+    from pipeline.model import load_pretrained
+
+    assert load_pretrained(tmp_path / "ckpt").config.cond_image_size > 0
