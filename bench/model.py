@@ -112,14 +112,20 @@ def work_extract(args: argparse.Namespace) -> dict[str, Any]:
         return results
     for resolution in args.resolutions:
         for method in args.methods:
-            reset_peak_rss()
-            started = time.perf_counter()
-            mesh, stats = extract_mesh_with_stats(model, scene_code, resolution, 25.0, method=method,
-                                                  chunk_size=args.chunk_size)
+            seconds, peaks = [], []
+            for _ in range(args.runs):
+                reset_peak_rss()
+                started = time.perf_counter()
+                mesh, stats = extract_mesh_with_stats(model, scene_code, resolution, 25.0, method=method,
+                                                      chunk_size=args.chunk_size)
+                seconds.append(time.perf_counter() - started)
+                peaks.append(peak_rss_bytes())
+                faces, vertices = mesh.n_faces, mesh.n_vertices
+                del mesh
             results[f"R={resolution} {method}"] = {
-                "seconds": time.perf_counter() - started, "points_queried": stats.points_queried,
-                "faces": mesh.n_faces, "vertices": mesh.n_vertices, "peak_rss": peak_rss_bytes()}
-            del mesh
+                "min_s": min(seconds), "median_s": statistics.median(seconds), "runs": args.runs,
+                "points_queried": stats.points_queried, "faces": faces, "vertices": vertices,
+                "peak_rss": max(peaks)}
     return results
 
 
@@ -142,6 +148,16 @@ def run_worker(kind: str, args: argparse.Namespace, *extra: str) -> dict[str, An
         if line.startswith(_RESULT):
             return json.loads(line[len(_RESULT):])
     return {"error": f"worker {kind} exited {done.returncode}: {done.stderr.strip()[-2000:]}"}
+
+
+def repeated_worker(kind: str, args: argparse.Namespace, *extra: str) -> dict[str, Any]:
+    """`args.runs` fresh processes of one worker (a load is only cold once per process): min / median seconds."""
+    results = [run_worker(kind, args, *extra) for _ in range(args.runs)]
+    if any("error" in result for result in results):
+        return next(result for result in results if "error" in result)
+    seconds = [result["seconds"] for result in results]
+    return {"min_s": min(seconds), "median_s": statistics.median(seconds), "runs": args.runs,
+            "peak_rss": max(result["peak_rss"] for result in results)}
 
 
 def describe(name: str, result: Any) -> str:
@@ -183,9 +199,10 @@ def drive(args: argparse.Namespace) -> None:
             print(f"made a full-size random checkpoint in {time.perf_counter() - started:.1f} s")
         size = (Path(args.ckpt_dir) / "model.ckpt").stat().st_size
         print(f"checkpoint {args.ckpt_dir}/model.ckpt: {size / GIB:.2f} GiB")
-        print_group("load (ours: meta device + mmap + assign)", run_worker("load", args))
+        print_group("load (ours: meta device + mmap + assign), one fresh process per run",
+                    repeated_worker("load", args))
         print_group("load (straightforward: allocate, torch.load, load_state_dict copy)",
-                    run_worker("load", args, "--baseline"))
+                    repeated_worker("load", args, "--baseline"))
         print_group("forward (ours: SDPA attention)", run_worker("forward", args))
         if not args.skip_baseline:
             # B=1 only: math attention materialises (B, 16, 3072, 3072) scores, 2.4 GB per image.
