@@ -132,6 +132,9 @@ async def process_job(job: Job, services: Services, *, on_progress: ProgressCall
             reconstruct_mesh, services.model, image.framed, preset.mc_resolution,
             method=services.extraction, chunk_size=services.chunk_size, color_field=preset.texture_size > 0)
     timings["forward"], timings["extract"] = reconstruction.forward_s, reconstruction.extract_s
+    logger.info("job %s: %d faces at %d^3 (forward %.2fs, extract %.2fs, %d points queried)", job.job_id,
+                reconstruction.mesh.n_faces, preset.mc_resolution, reconstruction.forward_s, reconstruction.extract_s,
+                reconstruction.points_queried)
 
     await _report(on_progress, "export")
     started = time.perf_counter()
