@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -22,23 +21,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from measure import reset_peak_rss, rss_bytes  # noqa: E402
+
 GIB = 1024 ** 3
 _RESULT = "RESULT "
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident set (VmHWM), including touched pages of memory-mapped files."""
-    status = Path("/proc/self/status").read_text()
-    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) * 1024  # type: ignore[union-attr]
-
-
-def reset_peak_rss() -> bool:
-    """Reset VmHWM to the current RSS; False where the kernel does not allow it (peaks then accumulate)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
+    return rss_bytes("VmHWM")
 
 
 def timed_runs(action: Callable[[], Any], runs: int) -> dict[str, float]:

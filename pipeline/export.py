@@ -98,25 +98,35 @@ def to_glb(mesh: MeshArrays) -> bytes:
         "NORMAL": buffer.add(compute_vertex_normals(positions, mesh.faces), FLOAT, "VEC3", ARRAY_BUFFER),
         "COLOR_0": buffer.add(srgb_to_linear(mesh.colors), FLOAT, "VEC3", ARRAY_BUFFER),
     }
-    # uint16 halves the index bytes; 65535 is the primitive-restart value, which glTF forbids.
+    indices = _add_indices(buffer, mesh)
+    material = {"name": "vertex_colour", "doubleSided": False, "pbrMetallicRoughness": {
+        "baseColorFactor": [1.0, 1.0, 1.0, 1.0], "metallicFactor": 0.0, "roughnessFactor": MATERIAL_ROUGHNESS}}
+    return _glb_container(_one_mesh_document(buffer, attributes, indices, material), buffer.blob)
+
+
+def _add_indices(buffer: _BinaryBuffer, mesh: MeshArrays) -> int:
+    """Triangle indices as an accessor: uint16 when every index fits (halves the bytes; 65535 is the
+    primitive-restart value, which glTF forbids), else uint32."""
     index_dtype, index_type = ((np.uint16, UNSIGNED_SHORT) if mesh.n_vertices <= 65535
                                else (np.uint32, UNSIGNED_INT))
-    indices = buffer.add(mesh.faces.astype(index_dtype).ravel(), index_type, "SCALAR", ELEMENT_ARRAY_BUFFER)
-    document = {
+    return buffer.add(mesh.faces.astype(index_dtype).ravel(), index_type, "SCALAR", ELEMENT_ARRAY_BUFFER)
+
+
+def _one_mesh_document(buffer: _BinaryBuffer, attributes: dict[str, int], indices: int,
+                       material: dict[str, Any]) -> dict[str, Any]:
+    """The glTF JSON of one node with one triangle primitive and one material; add textures after."""
+    return {
         "asset": {"version": "2.0", "generator": "shop3d"},
         "scene": 0,
         "scenes": [{"nodes": [0]}],
         "nodes": [{"mesh": 0, "name": "product"}],
         "meshes": [{"name": "product", "primitives": [
             {"attributes": attributes, "indices": indices, "material": 0, "mode": TRIANGLES}]}],
-        "materials": [{"name": "vertex_colour", "doubleSided": False, "pbrMetallicRoughness": {
-            "baseColorFactor": [1.0, 1.0, 1.0, 1.0], "metallicFactor": 0.0,
-            "roughnessFactor": MATERIAL_ROUGHNESS}}],
+        "materials": [material],
         "buffers": [{"byteLength": len(buffer.blob)}],
         "bufferViews": buffer.views,
         "accessors": buffer.accessors,
     }
-    return _glb_container(document, buffer.blob)
 
 
 def _glb_container(document: dict[str, Any], blob: bytes | bytearray) -> bytes:
@@ -142,28 +152,16 @@ def to_textured_glb(model: TexturedMesh) -> bytes:
         "NORMAL": buffer.add(np.ascontiguousarray(model.normals, dtype=np.float32), FLOAT, "VEC3", ARRAY_BUFFER),
         "TEXCOORD_0": buffer.add(np.ascontiguousarray(model.uvs, dtype=np.float32), FLOAT, "VEC2", ARRAY_BUFFER),
     }
-    index_dtype, index_type = ((np.uint16, UNSIGNED_SHORT) if mesh.n_vertices <= 65535
-                               else (np.uint32, UNSIGNED_INT))
-    indices = buffer.add(mesh.faces.astype(index_dtype).ravel(), index_type, "SCALAR", ELEMENT_ARRAY_BUFFER)
+    indices = _add_indices(buffer, mesh)
     image_view = buffer.add_image(encode_png(model.texture))
-    document = {
-        "asset": {"version": "2.0", "generator": "shop3d"},
-        "scene": 0,
-        "scenes": [{"nodes": [0]}],
-        "nodes": [{"mesh": 0, "name": "product"}],
-        "meshes": [{"name": "product", "primitives": [
-            {"attributes": attributes, "indices": indices, "material": 0, "mode": TRIANGLES}]}],
-        "materials": [{"name": "baked_colour", "doubleSided": False, "pbrMetallicRoughness": {
-            "baseColorTexture": {"index": 0}, "metallicFactor": 0.0, "roughnessFactor": MATERIAL_ROUGHNESS}}],
-        "textures": [{"sampler": 0, "source": 0}],
-        # Trilinear and clamped: the atlas' charts are padded for mip levels, its edges are not tiles.
-        "samplers": [{"magFilter": LINEAR, "minFilter": LINEAR_MIPMAP_LINEAR, "wrapS": CLAMP_TO_EDGE,
-                      "wrapT": CLAMP_TO_EDGE}],
-        "images": [{"bufferView": image_view, "mimeType": "image/png"}],
-        "buffers": [{"byteLength": len(buffer.blob)}],
-        "bufferViews": buffer.views,
-        "accessors": buffer.accessors,
-    }
+    material = {"name": "baked_colour", "doubleSided": False, "pbrMetallicRoughness": {
+        "baseColorTexture": {"index": 0}, "metallicFactor": 0.0, "roughnessFactor": MATERIAL_ROUGHNESS}}
+    document = _one_mesh_document(buffer, attributes, indices, material)
+    document["textures"] = [{"sampler": 0, "source": 0}]
+    # Trilinear and clamped: the atlas' charts are padded for mip levels, its edges are not tiles.
+    document["samplers"] = [{"magFilter": LINEAR, "minFilter": LINEAR_MIPMAP_LINEAR, "wrapS": CLAMP_TO_EDGE,
+                             "wrapT": CLAMP_TO_EDGE}]
+    document["images"] = [{"bufferView": image_view, "mimeType": "image/png"}]
     return _glb_container(document, buffer.blob)
 
 
