@@ -22,6 +22,8 @@ from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.ray
 APP = "shop3d-resilience"
+# The default formats (glb, poster, report), each stored once: no duplicate, no leftover temp file.
+ONE_OF_EACH_DEFAULT_FILE = ["model.glb", "poster.png", "report.json"]
 
 
 @dataclass
@@ -80,7 +82,7 @@ def test_reconstruct_replica_killed_mid_job_completes_once(running: Running) -> 
     assert killed not in replica_pids(APP, "Reconstruct")          # Serve replaced the dead replica
     assert running_replicas(APP, "Reconstruct") == 1
     assert len(running.backend.events("r-kill-gpu", "completed")) == 1
-    assert [p.name for p in running.objects("r-kill-gpu")] == ["model.glb"]
+    assert [p.name for p in running.objects("r-kill-gpu")] == ONE_OF_EACH_DEFAULT_FILE
     assert int(running.field("r-kill-gpu", "attempts") or 0) == 2    # retried once as worker_lost
 
 
@@ -89,7 +91,7 @@ def test_ingress_replica_killed_mid_job_completes_once(running: Running) -> None
     wait_for(lambda: running.field("r-kill-ingress", "status") == "completed", "job completed after the kill", 240)
     assert killed not in replica_pids(APP, "Ingress")
     assert len(running.backend.events("r-kill-ingress", "completed")) == 1
-    assert [p.name for p in running.objects("r-kill-ingress")] == ["model.glb"]
+    assert [p.name for p in running.objects("r-kill-ingress")] == ONE_OF_EACH_DEFAULT_FILE
     assert running.redis.llen("shop3d:dead") == 0
 
 
@@ -104,7 +106,7 @@ def test_redis_restart_mid_run_loses_nothing(running: Running, own_redis: RedisS
     for job_id in ids:
         wait_for(lambda: running.field(job_id, "status") == "completed", f"{job_id} completed", 240)
         assert len(running.backend.events(job_id, "completed")) == 1
-        assert [p.name for p in running.objects(job_id)] == ["model.glb"]
+        assert [p.name for p in running.objects(job_id)] == ONE_OF_EACH_DEFAULT_FILE
     assert running.redis.llen("celery") == 0 and running.redis.llen("shop3d:dead") == 0
     undelivered = [json.loads(x) for x in running.redis.lrange("shop3d:webhooks:undelivered", 0, -1)]
     assert undelivered == []
