@@ -246,6 +246,9 @@ def test_bad_input_suite_dead_letters_each_with_its_code_and_the_worker_keeps_ru
         await harness.redis.lpush(QUEUE, readme_message(job_fields("job-after-bad", [good_photo])))
         await eventually(lambda: _is(harness.redis, "job-after-bad", "completed"), "good job after the bad ones")
         await eventually(lambda: _dead_count(harness.redis, len(messages) + len(photos)), "all dead-lettered")
+        # A job's state turns `failed` when it is dead-lettered; its webhook follows.
+        expected_webhooks = {f"bad-{index}-{case}" for index, (case, _, _) in enumerate(photos)} | {"job-msg"}
+        await eventually(lambda: _received(backend, expected_webhooks), "every failed webhook")
 
         letters = await dead_letters(harness.redis, limit=100)
         codes_by_raw = {letter.raw: letter.info["error"]["code"] for letter in letters if letter.info}
@@ -264,6 +267,10 @@ def test_bad_input_suite_dead_letters_each_with_its_code_and_the_worker_keeps_ru
     run_with_worker(redis_url, tiny_fixture_dir, tmp_path, http_server, scenario, timeout_s=400)
 
 
+async def _received(backend: Backend, job_ids: set[str]) -> bool:
+    return job_ids <= {event["job_id"] for event in backend.events(status="failed")}
+
+
 async def _dead_count(client: aioredis.Redis, count: int) -> bool:
     return await client.llen("shop3d:dead") >= count
 
@@ -274,6 +281,7 @@ def test_unreachable_image_is_retried_then_dead_lettered_with_a_failed_webhook(
         http_server.route("/flaky.jpg", lambda _r: Response(503, b"down"))
         await harness.redis.lpush(QUEUE, readme_message(job_fields("job-down", [http_server.url("/flaky.jpg")])))
         await eventually(lambda: _is(harness.redis, "job-down", "failed"), "job-down failed")
+        await eventually(lambda: _received(backend, {"job-down"}), "the failed webhook")
         state = await get_job_state(harness.redis, "job-down")
         assert state["error"]["code"] == "image_unreachable" and state["attempts"] == FAST.max_attempts
         (failed,) = backend.events("job-down", "failed")

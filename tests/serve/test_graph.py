@@ -98,12 +98,15 @@ def test_malformed_and_unreachable_are_dead_lettered_and_the_ingress_keeps_servi
     graph.redis.lpush("celery", readme_message(job_fields("g-after", [graph.photo_url])))
     graph.wait_status("g-unreachable", "failed")
     graph.wait_status("g-after", "completed")
+    # The state turns `failed` when the job is dead-lettered; the webhook follows it.
+    wait_for(lambda: bool(graph.backend.events("g-unreachable", "failed")), "failed webhook", 60)
     (failed,) = graph.backend.events("g-unreachable", "failed")
     assert failed["error"]["code"] == "image_unreachable"
     dead = [json.loads(info) for info in graph.redis.hvals("shop3d:dead:info")]
     assert {d["error"]["code"] for d in dead} >= {"malformed_message", "image_unreachable"}
     assert graph.redis.llen("shop3d:dead") >= 2
-    assert any(e["error"]["code"] == "malformed_message" for e in graph.backend.events(status="failed"))
+    wait_for(lambda: any(e["error"]["code"] == "malformed_message" for e in graph.backend.events(status="failed")),
+             "failed webhook of the malformed message", 60)
 
 
 def test_the_same_job_pushed_twice_is_processed_once(graph: Graph) -> None:
