@@ -11,6 +11,13 @@
 ARG RAY_IMAGE=rayproject/ray:2.60.0-py311-gpu
 FROM ${RAY_IMAGE}
 
+# Headless GL for the poster (EGL with Mesa's llvmpipe; pipeline/poster_gl.py). Ray's images run as
+# `ray`, which has passwordless sudo.
+RUN sudo apt-get update -qq \
+    && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        libegl1 libegl-mesa0 libgl1-mesa-dri \
+    && sudo rm -rf /var/lib/apt/lists/*
+
 # torch FIRST, as the CUDA build from PyTorch's own index. pyproject.toml only says torch>=2.4, so a
 # bare `pip install .` would take whatever PyPI serves (a different CUDA flavour than the image's,
 # several GB). With the pinned wheel installed first, `pip install .` has nothing left to do for

@@ -39,6 +39,7 @@ from pipeline.geometry import (
     scale_and_place,
 )
 from pipeline.mesh_arrays import MeshArrays
+from pipeline.poster import render_poster
 from pipeline.presets import Preset
 from pipeline.texture import ColorFunction, TexturedMesh, bake_texture
 
@@ -231,7 +232,7 @@ def export_assets(mesh_native: MeshArrays, preset: Preset, metadata: Mapping[str
         textures["usdz"] = _texture_size(usdz_model)
     if "poster" in chosen:
         with run.timed("poster"):
-            data["poster"] = EXPORTERS["poster"](glb_model)
+            data["poster"] = render_poster(glb_model, preset.poster_size)
     verdicts = _validate(run, data) if validate else {"glb": qa.ValidatorVerdict("skipped")}
     stats = _stats(mesh, len(data["glb"]), scale)
     budgets = [qa.BudgetCheck("faces", preset.max_faces, mesh.n_faces),

@@ -1,5 +1,8 @@
 """The poster PNG: RGBA, transparent background, the object centred inside a margin, a three-quarter
-front view (front, side and top faces all visible), shaded and antialiased, vertex colours or texture."""
+front view (front, side and top faces all visible), shaded and antialiased, vertex colours or texture.
+
+Every picture test runs on both renderers: headless GL (EGL + Mesa llvmpipe, installed by
+scripts/setup) and the numpy fallback; a test also holds the two to the same picture."""
 
 from __future__ import annotations
 
@@ -12,7 +15,9 @@ from PIL import Image
 from pipeline.assets import prepare_with_frame
 from pipeline.export import srgb_to_linear
 from pipeline.mesh_arrays import MeshArrays
-from pipeline.poster import PosterView, linear_to_srgb, render_image, render_poster
+import pipeline.poster
+from pipeline.poster import (SOFTWARE_RENDERER_NAME, PosterView, Renderer, gl_unavailable_reason, linear_to_srgb,
+                            render_image, render_image_with, render_poster)
 from pipeline.texture import bake_texture
 from tests.test_geometry import ellipsoid_mesh
 
@@ -57,14 +62,20 @@ def occupied_box(alpha: np.ndarray) -> tuple[int, int, int, int]:
     return int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())
 
 
+@pytest.fixture(params=["gl", "software"])
+def renderer(request: pytest.FixtureRequest) -> Renderer:
+    value: Renderer = request.param
+    return value
+
+
 @pytest.fixture(scope="module")
 def ellipsoid() -> MeshArrays:
     mesh, _, _ = prepare_with_frame(ellipsoid_mesh(40), 6000, None)
     return mesh
 
 
-def test_poster_is_rgba_with_a_transparent_background(ellipsoid: MeshArrays) -> None:
-    image = decode(render_poster(ellipsoid, size=256))
+def test_poster_is_rgba_with_a_transparent_background(ellipsoid: MeshArrays, renderer: Renderer) -> None:
+    image = decode(render_poster(ellipsoid, size=256, renderer=renderer))
     assert image.shape == (256, 256, 4)
     alpha = image[..., 3]
     for corner in (alpha[:16, :16], alpha[:16, -16:], alpha[-16:, :16], alpha[-16:, -16:]):
@@ -72,9 +83,9 @@ def test_poster_is_rgba_with_a_transparent_background(ellipsoid: MeshArrays) -> 
     assert 0.1 < np.mean(alpha > 0) < 0.9  # not empty, not a filled square
 
 
-def test_object_is_framed_inside_the_margin_and_centred(ellipsoid: MeshArrays) -> None:
+def test_object_is_framed_inside_the_margin_and_centred(ellipsoid: MeshArrays, renderer: Renderer) -> None:
     size, view = 256, PosterView()
-    alpha = render_image(ellipsoid, size, view)[..., 3]
+    alpha = render_image(ellipsoid, size, view, renderer)[..., 3]
     top, bottom, left, right = occupied_box(alpha)
     margin = int(view.margin * size)
     assert top >= margin - 2 and left >= margin - 2
@@ -84,15 +95,15 @@ def test_object_is_framed_inside_the_margin_and_centred(ellipsoid: MeshArrays) -
     assert abs((left + right) / 2 - size / 2) < size * 0.03
 
 
-def test_edges_are_antialiased(ellipsoid: MeshArrays) -> None:
-    alpha = render_image(ellipsoid, 128)[..., 3]
+def test_edges_are_antialiased(ellipsoid: MeshArrays, renderer: Renderer) -> None:
+    alpha = render_image(ellipsoid, 128, renderer=renderer)[..., 3]
     partial = (alpha > 0) & (alpha < 255)
     assert partial.sum() > 50  # soft silhouette pixels exist ...
     assert partial.sum() < 0.2 * (alpha > 0).sum()  # ... only on the silhouette
 
 
-def test_three_quarter_front_view_shows_front_side_and_top() -> None:
-    image = render_image(coloured_box(), 256).astype(np.int64)
+def test_three_quarter_front_view_shows_front_side_and_top(renderer: Renderer) -> None:
+    image = render_image(coloured_box(), 256, renderer=renderer).astype(np.int64)
     visible = image[..., 3] == 255
 
     def pixels_of(name: str) -> int:
@@ -108,19 +119,19 @@ def test_three_quarter_front_view_shows_front_side_and_top() -> None:
         assert pixels_of(hidden) < front / 100
 
 
-def test_shading_varies_and_colours_are_kept(ellipsoid: MeshArrays) -> None:
-    image = render_image(ellipsoid, 128)
+def test_shading_varies_and_colours_are_kept(ellipsoid: MeshArrays, renderer: Renderer) -> None:
+    image = render_image(ellipsoid, 128, renderer=renderer)
     solid = image[..., 3] == 255
     brightness = image[solid][:, :3].astype(np.float64).mean(axis=1)
     assert brightness.std() > 10  # lit, not flat
     red = MeshArrays(ellipsoid.vertices, ellipsoid.faces, np.tile(np.array([200, 20, 20], np.uint8), (ellipsoid.n_vertices, 1)))
-    pixels = render_image(red, 64)[..., :3][render_image(red, 64)[..., 3] == 255].astype(np.int64)
+    pixels = render_image(red, 64, renderer=renderer)[..., :3][render_image(red, 64, renderer=renderer)[..., 3] == 255].astype(np.int64)
     assert np.all(pixels[:, 0] > pixels[:, 1] + 40)
 
 
-def test_textured_and_vertex_coloured_posters_agree(ellipsoid: MeshArrays) -> None:
-    plain = render_image(ellipsoid, 128).astype(np.float64)
-    textured = render_image(bake_texture(ellipsoid, 512), 128).astype(np.float64)
+def test_textured_and_vertex_coloured_posters_agree(ellipsoid: MeshArrays, renderer: Renderer) -> None:
+    plain = render_image(ellipsoid, 128, renderer=renderer).astype(np.float64)
+    textured = render_image(bake_texture(ellipsoid, 512), 128, renderer=renderer).astype(np.float64)
     np.testing.assert_array_equal(plain[..., 3], textured[..., 3])
     solid = plain[..., 3] == 255
     assert np.abs(plain[solid][:, :3] - textured[solid][:, :3]).mean() < 4.0
@@ -131,9 +142,49 @@ def test_linear_to_srgb_inverts_srgb_to_linear() -> None:
     np.testing.assert_allclose(linear_to_srgb(srgb_to_linear(values)) * 255, values, atol=1e-3)
 
 
-def test_rejects_empty_meshes_and_tiny_sizes(ellipsoid: MeshArrays) -> None:
+def test_rejects_empty_meshes_and_tiny_sizes(ellipsoid: MeshArrays, renderer: Renderer) -> None:
     empty = MeshArrays(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int32), np.zeros((0, 3), np.uint8))
     with pytest.raises(ValueError):
-        render_image(empty)
+        render_image(empty, renderer=renderer)
     with pytest.raises(ValueError):
-        render_image(ellipsoid, 4)
+        render_image(ellipsoid, 4, renderer=renderer)
+
+
+def test_headless_gl_is_available_here() -> None:
+    """CI must exercise the GL renderer, not silently fall back: scripts/setup installs EGL and Mesa."""
+    assert gl_unavailable_reason() is None
+    _, drawn_by = render_image_with(coloured_box(), 32, renderer="auto")
+    assert drawn_by != SOFTWARE_RENDERER_NAME
+
+
+@pytest.mark.parametrize("model", ["box", "ellipsoid", "textured"])
+def test_gl_and_numpy_renderers_draw_the_same_picture(model: str, ellipsoid: MeshArrays) -> None:
+    chosen = {"box": coloured_box(), "ellipsoid": ellipsoid, "textured": bake_texture(ellipsoid, 512)}[model]
+    gl = render_image(chosen, 128, renderer="gl").astype(np.int64)
+    numpy = render_image(chosen, 128, renderer="software").astype(np.int64)
+    assert np.mean(gl[..., 3] != numpy[..., 3]) < 0.002  # a few silhouette pixels may round differently
+    solid = (gl[..., 3] == 255) & (numpy[..., 3] == 255)
+    assert np.abs(gl[solid][:, :3] - numpy[solid][:, :3]).mean() < 1.0
+
+
+def test_png_names_the_renderer_that_drew_it(ellipsoid: MeshArrays, renderer: Renderer) -> None:
+    drawn_by = Image.open(io.BytesIO(render_poster(ellipsoid, 64, renderer=renderer))).info["Software"]
+    assert (drawn_by == SOFTWARE_RENDERER_NAME) == (renderer == "software")
+
+
+def test_without_gl_auto_falls_back_to_numpy_and_gl_is_an_error(ellipsoid: MeshArrays,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node without EGL (simulated at our own seam, `create_context`) still gets a poster."""
+    def no_egl() -> None:
+        raise ImportError("libEGL.so.1: cannot open shared object file")
+
+    monkeypatch.setattr(pipeline.poster, "create_context", no_egl)
+    gl_unavailable_reason.cache_clear()
+    try:
+        assert "libEGL" in (gl_unavailable_reason() or "")
+        image, drawn_by = render_image_with(ellipsoid, 64, renderer="auto")
+        assert drawn_by == SOFTWARE_RENDERER_NAME and image[..., 3].max() == 255
+        with pytest.raises(RuntimeError, match="no headless GL"):
+            render_image(ellipsoid, 64, renderer="gl")
+    finally:
+        gl_unavailable_reason.cache_clear()
