@@ -1,7 +1,7 @@
 """Triangle rasterisation in numpy: which triangle covers each pixel centre, and where (barycentrics).
 
-One routine serves the poster (screen space, nearest triangle wins by depth) and the texture bake
-(UV space, no depth). Pure numpy, so it runs headless on any machine with no GL, EGL or OSMesa.
+One routine serves the texture bake (UV space, no depth) and the poster's fallback renderer (screen
+space, nearest triangle wins by depth). Pure numpy, so it runs on any machine, with or without GL.
 Pixel (row, col) has its centre at x = col + 0.5, y = row + 0.5.
 """
 

@@ -188,3 +188,15 @@ def test_without_gl_auto_falls_back_to_numpy_and_gl_is_an_error(ellipsoid: MeshA
             render_image(ellipsoid, 64, renderer="gl")
     finally:
         gl_unavailable_reason.cache_clear()
+
+
+def test_gl_posters_drawn_on_several_threads_at_once_are_identical(ellipsoid: MeshArrays) -> None:
+    """Publish runs exports in worker threads: each call owns its EGL context, so calls can overlap."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    models = [ellipsoid, coloured_box()] * 4
+    expected = [render_image(model, 96, renderer="gl") for model in models[:2]]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        drawn = list(pool.map(lambda model: render_image(model, 96, renderer="gl"), models))
+    for index, image in enumerate(drawn):
+        np.testing.assert_array_equal(image, expected[index % 2])
