@@ -15,7 +15,7 @@ FROM ${RAY_IMAGE}
 # `ray`, which has passwordless sudo.
 RUN sudo apt-get update -qq \
     && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        libegl1 libegl-mesa0 libgl1-mesa-dri \
+        libgl1 libegl1 libegl-mesa0 libgl1-mesa-dri \
     && sudo rm -rf /var/lib/apt/lists/*
 
 # torch FIRST, as the CUDA build from PyTorch's own index. pyproject.toml only says torch>=2.4, so a
