@@ -4,7 +4,8 @@ The GLB is written by hand (about a hundred lines) rather than through trimesh s
 is ours to choose and the Khronos validator reports no errors: one triangle primitive with
 POSITION, NORMAL and COLOR_0, indices, and a rough non-metal material so viewers light it sensibly.
 A baked `TexturedMesh` gets TEXCOORD_0 and an embedded PNG baseColorTexture instead of COLOR_0.
-The table also names the USDZ and poster writers; `pipeline.assets` builds a whole job's files.
+The table also names the USDZ writer; the poster is a render (`pipeline.poster`), and
+`pipeline.assets` builds a whole job's files.
 """
 
 from __future__ import annotations
@@ -184,15 +185,10 @@ def _write_usdz(model: MeshArrays | TexturedMesh) -> bytes:
     return to_usdz(model)
 
 
-def _write_poster(model: MeshArrays | TexturedMesh) -> bytes:
-    from pipeline.poster import render_poster  # imports this module (colour conversion)
-
-    return render_poster(model)
-
-
-# Format -> writer of a finished model (Y up, metres); `report` is JSON built by pipeline.report.
+# Format -> writer of a finished model file (Y up, metres); the poster is rendered by pipeline.poster and
+# `report` is JSON built by pipeline.report.
 EXPORTERS: dict[str, Callable[[MeshArrays | TexturedMesh], bytes]] = {
-    "glb": write_glb, "usdz": _write_usdz, "poster": _write_poster}
+    "glb": write_glb, "usdz": _write_usdz}
 CONTENT_TYPES: dict[str, str] = {"glb": "model/gltf-binary", "usdz": "model/vnd.usdz+zip",
                                  "poster": "image/png", "report": "application/json"}
 FILENAMES: dict[str, str] = {"glb": "model.glb", "usdz": "model.usdz", "poster": "poster.png",
