@@ -49,7 +49,7 @@ RUN python -c "from pipeline.model import load_pretrained; load_pretrained('stab
 # doing it here spares every Matting replica that wait. numba keys that cache by CPU model, so
 # nodes with a different CPU than the build host compile once more on their first import.
 RUN python -c "import rembg" \
-    && python -c "from pipeline.matting import BackgroundRemover; BackgroundRemover('u2net')"
+    && python -c "from pipeline.intake.matting import BackgroundRemover; BackgroundRemover('u2net')"
 
 # From here on nothing may reach the hub: a missing file is a start-up error, not a slow download.
 ENV HF_HUB_OFFLINE=1

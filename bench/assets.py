@@ -6,7 +6,7 @@ Prints, per model and preset: faces, vertices, GLB / USDZ / poster bytes, textur
 and the seconds of every step (extraction, geometry, bake, each writer, each validator). Asserts
 nothing. "tiny" is the parity fixture's checkpoint on its own scene code (../shared or $SHOP3D_SHARED);
 "full" is a full-size random checkpoint (pipeline.model.random_checkpoint) on its calibration image.
-Colours for the baked textures come from the model's colour field (texture.model_color_fn).
+Colours for the baked textures come from the model's colour field (pipeline.model.color_field.ColorField).
 """
 
 from __future__ import annotations
@@ -25,13 +25,12 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from pipeline.assets import export_assets
-from pipeline.mesh import extract_mesh
+from pipeline.assets.bundle import export_assets
+from pipeline.assets.formats import ASSET_FORMATS
+from pipeline.isosurface.extraction import extract_mesh
 from pipeline.model import TripoSR, load_pretrained
+from pipeline.model.color_field import ColorField
 from pipeline.presets import PRESETS
-from pipeline.texture import model_color_fn
-
-ALL_FORMATS = ("glb", "usdz", "poster", "report")
 
 
 def tiny_model() -> tuple[TripoSR, torch.Tensor]:
@@ -57,7 +56,7 @@ def run_preset(model: TripoSR, scene_code: torch.Tensor, preset_name: str) -> tu
     with torch.no_grad():
         mesh = extract_mesh(model, scene_code, preset.mc_resolution)
     extracted = time.perf_counter() - started
-    assets = export_assets(mesh, preset, None, ALL_FORMATS, color_fn=model_color_fn(model, scene_code),
+    assets = export_assets(mesh, preset, None, ASSET_FORMATS, color_fn=ColorField.from_model(model, scene_code),
                            job_id=f"bench-{preset_name}")
     report = assets.report
     row = {"preset": preset_name, "mc_faces": mesh.n_faces, "faces": report["model"]["faces"],

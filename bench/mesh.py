@@ -57,7 +57,7 @@ def load_field(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def work_extract(args: argparse.Namespace) -> dict[str, Any]:
-    from pipeline.mesh import extract_mesh_with_stats
+    from pipeline.isosurface.extraction import extract_mesh_with_stats
 
     field, scene_code = load_field(args)
     baseline = rss_bytes("VmRSS")

@@ -97,9 +97,9 @@ def work_extract(args: argparse.Namespace) -> dict[str, Any]:
     points = grid_points(128, model.renderer_radius)
     results: dict[str, Any] = {"query_128^3": timed_runs(lambda: model.query(scene_code, points), args.runs)}
     try:
-        from pipeline.mesh import extract_mesh_with_stats
+        from pipeline.isosurface.extraction import extract_mesh_with_stats
     except ImportError as exc:
-        results["extraction"] = f"skipped: pipeline.mesh unavailable ({exc})"
+        results["extraction"] = f"skipped: pipeline.isosurface.extraction unavailable ({exc})"
         return results
     for resolution in args.resolutions:
         for method in args.methods:

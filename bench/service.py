@@ -71,12 +71,12 @@ def job_fields(job_id: str, url: str, quality: str) -> dict[str, Any]:
 
 async def in_process(model_dir: Path, matting: Path, backend: Backend, url: str, jobs: int,
                      quality: str) -> list[dict[str, float]]:
-    from pipeline.download import DownloadPolicy, make_http_client
-    from pipeline.job import Job
-    from pipeline.matting import BackgroundRemover
+    from pipeline.intake.download import DownloadPolicy, make_http_client
+    from pipeline.jobs.envelopes import Job
+    from pipeline.intake.matting import BackgroundRemover
     from pipeline.model import load_pretrained
-    from pipeline.runner import Services, process_job
-    from pipeline.storage import LocalObjectStore
+    from pipeline.run.runner import Services, process_job
+    from pipeline.delivery.storage import LocalObjectStore
 
     policy = DownloadPolicy(allow_private=True)
     store = LocalObjectStore(backend.storage_dir)

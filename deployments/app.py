@@ -5,6 +5,7 @@ Resource options live in serve_config.yaml (production) or in `deployment_option
 """
 
 # No `from __future__ import annotations`: Serve reads `build`'s annotation to validate `args` as AppArgs.
+from collections.abc import Mapping
 from typing import Any
 
 from ray.serve import Application
@@ -13,14 +14,16 @@ from deployments.ingress import Ingress
 from deployments.matting import Matting
 from deployments.publish import Publish
 from deployments.reconstruct import Reconstruct
-from deployments.settings import AppArgs, replica_settings
+from deployments.settings import AppArgs, AppArgsBase, replica_settings
 
 DEPLOYMENTS = {"Ingress": Ingress, "Matting": Matting, "Reconstruct": Reconstruct, "Publish": Publish}
 
 
-def build_app(args: AppArgs, deployment_options: dict[str, dict[str, Any]] | None = None) -> Application:
-    """The graph with `args` as every replica's setting overrides; options override decorator defaults."""
-    overrides = args.overrides()
+def build_app(args: AppArgs | Mapping[str, Any],
+              deployment_options: Mapping[str, Mapping[str, Any]] | None = None) -> Application:
+    """The graph with `args` (AppArgs, or a mapping validated as one: `shop3d serve` passes
+    Settings.replica_overrides()) as every replica's setting overrides; options override decorator defaults."""
+    overrides = (args if isinstance(args, AppArgsBase) else AppArgs(**args)).overrides()
     replica_settings(overrides)  # fail the deploy now, not in four replicas, when the settings are invalid
     options = deployment_options or {}
     unknown = set(options) - set(DEPLOYMENTS)

@@ -2,7 +2,7 @@
 graph (matting -> reconstruct -> publish, chained without awaiting each hop); HTTP routes for health,
 job state and enqueueing.
 
-The claim loop is `pipeline.worker.JobWorker`; this file only wires it to DeploymentHandles, Ray
+The claim loop is `pipeline.run.worker.JobWorker`; this file only wires it to DeploymentHandles, Ray
 metrics and FastAPI. Redis being down at start-up is not a constructor failure (Serve would give up
 after a few retries): the loop connects with backoff, and /health reports it.
 """
@@ -22,14 +22,14 @@ from deployments.metrics import IngressMetrics
 from deployments.remote_errors import sort_remote_error
 from deployments.settings import replica_settings
 from pipeline.errors import JobRejected, TransientError
-from pipeline.job import validate_job
-from pipeline.job_state import JobResult, get_job_state
-from pipeline.notify import WebhookSender
-from pipeline.presets import get_preset
-from pipeline.queue import (QueueConfig, ReliableQueue, connect, dead_letter_count, default_consumer_id, queue_depth,
+from pipeline.jobs.envelopes import Job, validate_job
+from pipeline.jobs.state import JobResult, get_job_state
+from pipeline.delivery.webhooks import WebhookSender
+from pipeline.queue.consumer import (QueueConfig, ReliableQueue, connect, dead_letter_count, default_consumer_id, queue_depth,
                             submit_job)
-from pipeline.reporting import JobReporter
-from pipeline.worker import JobWorker
+from pipeline.delivery.reporting import JobReporter
+from pipeline.run.stages import JobDefaults
+from pipeline.run.worker import JobWorker
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ class Ingress:
                        overrides: dict[str, Any]) -> None:
         self.settings = settings = replica_settings(overrides)
         self.matting, self.reconstruct, self.publish = matting, reconstruct, publish
+        self.defaults = JobDefaults.from_settings(settings)
         self.metrics = IngressMetrics()
         config = QueueConfig(max_attempts=settings.max_attempts, heartbeat_ttl_s=settings.heartbeat_ttl_s,
                              reap_interval_s=max(0.5, settings.heartbeat_ttl_s / 3), retry_base_s=settings.retry_base_s)
@@ -73,20 +74,22 @@ class Ingress:
         logger.info("claiming from %r with at most %d jobs in flight", self.settings.queue_name,
                     self.settings.max_inflight)
 
-    async def _execute(self, job: Any) -> JobResult:
+    async def _execute(self, job: Job) -> JobResult:
         """matting -> reconstruct -> publish; responses are passed on unawaited, only the last is awaited."""
-        preset = get_preset(job.quality)
+        job = self.defaults.apply(job)
         try:
             async with asyncio.timeout(self.settings.job_timeout_s):
-                selected = self.matting.prepare.remote(job)
-                reconstructed = self.reconstruct.reconstruct.remote(selected, preset.mc_resolution, job.job_id,
-                                                                    preset.texture_size > 0)
+                prepared = self.matting.prepare.remote(job)
+                reconstructed = self.reconstruct.reconstruct.remote(job, prepared)
                 result: JobResult = await self.publish.publish.remote(job, reconstructed)
                 return result
         except TimeoutError:
             raise TransientError("job_timeout", f"no result within {self.settings.job_timeout_s:.0f}s") from None
         except Exception as exc:
-            raise sort_remote_error(exc) from exc
+            known = sort_remote_error(exc)
+            if known is None:
+                raise
+            raise known from exc
 
     async def _observe_queue(self) -> None:
         while True:
@@ -103,6 +106,10 @@ class Ingress:
             raise RuntimeError(f"start-up failed: {type(self._startup.exception()).__name__}")
         if self._startup.done():
             self.worker.check_health()
+
+    def settings_in_effect(self) -> dict[str, Any]:
+        """This replica's non-secret settings, as operators (and the settings test) see them."""
+        return self.settings.replica_overrides()
 
     @api.get("/health")
     async def health(self) -> JSONResponse:

@@ -1,4 +1,4 @@
-"""CPU stage: a job's image URLs -> the framed picture the model sees (download, rembg, framing)."""
+"""CPU stage: a job's image URLs -> the framed picture the model sees (`pipeline.run.stages.prepare`)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,11 @@ from typing import Any
 from ray import serve
 
 from deployments.metrics import StageTimer
-from deployments.progress import ProgressRecorder
 from deployments.settings import replica_settings
-from pipeline.download import DownloadPolicy, make_http_client
-from pipeline.intake import SelectedImage, select_image
-from pipeline.job import Job
-from pipeline.matting import BackgroundRemover
+from pipeline.jobs.envelopes import Job
+from pipeline.run import stages
+from pipeline.run.progress import ProgressRecorder
+from pipeline.run.runner import Intake
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=4,
@@ -21,24 +20,23 @@ class Matting:
     """One rembg session and one SSRF-safe HTTP client per replica."""
 
     def __init__(self, overrides: dict[str, Any]) -> None:
-        settings = replica_settings(overrides)
-        self.remover = BackgroundRemover(settings.rembg_model)
-        self.policy = DownloadPolicy.from_settings(settings)
-        self.http = make_http_client(self.policy)
-        self.max_pixels = settings.max_image_pixels
-        self.progress = ProgressRecorder(settings.redis_url)
+        self.settings = replica_settings(overrides)
+        self.intake = Intake.from_settings(self.settings)
+        self.progress = ProgressRecorder(self.settings.redis_url)
         self.timer = StageTimer()
 
-    async def prepare(self, job: Job) -> SelectedImage:
-        await self.progress.record(job.job_id, "prepare", 5)
-        with self.timer.timing("prepare"):
-            return await select_image(self.http, job.image_urls, self.policy, self.remover,
-                                      max_pixels=self.max_pixels, job_id=job.job_id)
+    async def prepare(self, job: Job) -> stages.Prepared:
+        prepared = await stages.prepare(job, self.intake.select, self.progress.for_job(job.job_id))
+        self.timer.observe("prepare", prepared.seconds)
+        return prepared
 
     def ready(self) -> dict[str, Any]:
-        return {"rembg_model": self.remover.model}
+        return {"rembg_model": self.settings.rembg_model}
+
+    def settings_in_effect(self) -> dict[str, Any]:
+        """This replica's non-secret settings, as operators (and the settings test) see them."""
+        return self.settings.replica_overrides()
 
     async def __del__(self) -> None:
-        await self.http.aclose()
+        await self.intake.aclose()
         await self.progress.aclose()
-

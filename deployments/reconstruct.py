@@ -2,96 +2,109 @@
 
 `@serve.batch` gathers concurrent requests into one TripoSR forward (max_ongoing_requests must be at
 least the batch size, or batches stay at 1); batch size, wait, chunk size and extraction method are
-live-tunable through `user_config`. Each replica also reports the Redis backlog as a custom
-autoscaling metric, which `deployments.autoscaling.backlog_policy` turns into a replica count.
+live-tunable through `user_config`, validated whole before any is applied. Each replica also reports
+the Redis backlog as a custom autoscaling metric, which `deployments.autoscaling.backlog_policy` turns
+into a replica count.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import redis.asyncio as aioredis
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 from redis.exceptions import RedisError
 
 from deployments.autoscaling import BACKLOG_METRIC
 from deployments.metrics import StageTimer
-from deployments.progress import ProgressRecorder
 from deployments.settings import replica_settings
 from pipeline.errors import Shop3dError
-from pipeline.intake import SelectedImage
+from pipeline.jobs.envelopes import Job
 from pipeline.model import load_pretrained
-from pipeline.reconstruct import Reconstruction, reconstruct_meshes
+from pipeline.presets import DEFAULT_CHUNK_SIZE
+from pipeline.reconstruct import Reconstruction
+from pipeline.run import stages
+from pipeline.run.progress import ProgressRecorder
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 4
+DEFAULT_BATCH_WAIT_S = 0.1
 
 
-@dataclass(frozen=True)
-class Reconstructed:
-    """What publish needs: the mesh with its costs, and which image it came from (no pixels)."""
+class LiveKnobs(BaseModel):
+    """Reconstruct's `user_config`; an unknown key or a bad value refuses the whole config."""
 
-    reconstruction: Reconstruction
-    image: dict[str, Any]
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_batch_size: int = Field(DEFAULT_BATCH_SIZE, ge=1)
+    batch_wait_timeout_s: float = Field(DEFAULT_BATCH_WAIT_S, ge=0)
+    chunk_size: int = Field(DEFAULT_CHUNK_SIZE, ge=0, description="points per decoder call; 0 = unchunked")
+    extraction: Literal["fast", "dense"] = "fast"
 
 
 @serve.deployment(ray_actor_options={"num_gpus": 0.25, "num_cpus": 1}, max_ongoing_requests=8,
-                  user_config={"max_batch_size": DEFAULT_BATCH_SIZE, "batch_wait_timeout_s": 0.1})
+                  user_config={"max_batch_size": DEFAULT_BATCH_SIZE, "batch_wait_timeout_s": DEFAULT_BATCH_WAIT_S})
 class Reconstruct:
     """One TripoSR per replica, loaded once; `reconstruct` is batched."""
 
     def __init__(self, overrides: dict[str, Any]) -> None:
-        settings = replica_settings(overrides)
+        self.settings = settings = replica_settings(overrides)
         self.model = load_pretrained(settings.tsr_model, settings.device, chunk_size=settings.chunk_size,
                                      num_threads=settings.torch_threads)
-        self.queue_name = settings.queue_name
         self.backlog_redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=2.0,
                                                      socket_connect_timeout=2.0)
         self.progress = ProgressRecorder(settings.redis_url)
         self.timer = StageTimer()
-        self.chunk_size = settings.chunk_size
-        self.extraction = "fast"
+        self.knobs = LiveKnobs(chunk_size=settings.chunk_size)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Live knobs: max_batch_size, batch_wait_timeout_s, chunk_size, extraction ("fast" | "dense")."""
-        self._reconstruct_batch.set_max_batch_size(int(user_config.get("max_batch_size", DEFAULT_BATCH_SIZE)))
-        self._reconstruct_batch.set_batch_wait_timeout_s(float(user_config.get("batch_wait_timeout_s", 0.1)))
-        self.chunk_size = int(user_config.get("chunk_size", self.chunk_size))
-        self.model.chunk_size = self.chunk_size
-        self.extraction = user_config.get("extraction", self.extraction)
+        """Apply live knobs (chunk_size defaults to the CHUNK_SIZE setting); a bad config raises, so Serve
+        reports the deploy as failed, and changes nothing here."""
+        try:
+            knobs = LiveKnobs(**{"chunk_size": self.settings.chunk_size, **user_config})
+        except ValidationError as exc:
+            raise ValueError(f"Reconstruct user_config refused: {exc.errors(include_url=False)}") from None
+        self._reconstruct_batch.set_max_batch_size(knobs.max_batch_size)
+        self._reconstruct_batch.set_batch_wait_timeout_s(knobs.batch_wait_timeout_s)
+        self.model.chunk_size = knobs.chunk_size
+        self.knobs = knobs
 
-    async def reconstruct(self, selected: SelectedImage, resolution: int, job_id: str,
-                          color_field: bool = False) -> Reconstructed:
+    async def reconstruct(self, job: Job, prepared: stages.Prepared) -> stages.Reconstructed:
         """One job's mesh (and its colour field when a texture will be baked); raises its Shop3dError."""
-        await self.progress.record(job_id, "reconstruct", 20)
-        result = await self._reconstruct_batch(selected, resolution, color_field)
-        if isinstance(result, Shop3dError):
-            raise result
-        self.timer.observe("forward", result.forward_s)
-        self.timer.observe("extract", result.extract_s)
-        image = {"url": selected.url, "index": selected.index, "skipped": list(selected.skipped)}
-        return Reconstructed(result, image)
+        reconstructed = await stages.reconstruct(job, prepared, self._reconstruct_batch,
+                                                 self.progress.for_job(job.job_id))
+        self.timer.observe("forward", reconstructed.reconstruction.forward_s)
+        self.timer.observe("extract", reconstructed.reconstruction.extract_s)
+        return reconstructed
 
-    @serve.batch(max_batch_size=DEFAULT_BATCH_SIZE, batch_wait_timeout_s=0.1)
-    async def _reconstruct_batch(self, selected: list[SelectedImage], resolutions: list[int],
-                                 color_fields: list[bool]) -> list[Reconstruction | Shop3dError]:
-        logger.info("reconstructing a batch of %d", len(selected))
-        return await asyncio.to_thread(reconstruct_meshes, self.model, [s.framed for s in selected], resolutions,
-                                       method=self.extraction, chunk_size=self.chunk_size, color_fields=color_fields)
+    @serve.batch(max_batch_size=DEFAULT_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
+    async def _reconstruct_batch(self, requests: list[stages.ReconstructRequest]
+                                 ) -> list[Reconstruction | Shop3dError]:
+        logger.info("reconstructing a batch of %d (jobs %s)", len(requests), ", ".join(r.job_id for r in requests))
+        knobs = self.knobs
+        run = functools.partial(stages.reconstruct_batch, self.model, requests, method=knobs.extraction,
+                                chunk_size=knobs.chunk_size)
+        return await asyncio.to_thread(run)
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
         """The backlog in Redis (jobs nobody has claimed yet), for `backlog_policy`."""
         try:
-            return {BACKLOG_METRIC: float(await self.backlog_redis.llen(self.queue_name))}
+            return {BACKLOG_METRIC: float(await self.backlog_redis.llen(self.settings.queue_name))}
         except (RedisError, OSError):
             return {}
 
     def ready(self) -> dict[str, Any]:
-        return {"device": str(self.model.device), "autocast": str(self.model.autocast_dtype)}
+        return {"device": str(self.model.device), "autocast": str(self.model.autocast_dtype),
+                "knobs": self.knobs.model_dump()}
+
+    def settings_in_effect(self) -> dict[str, Any]:
+        """This replica's non-secret settings, as operators (and the settings test) see them."""
+        return self.settings.replica_overrides()
 
     async def __del__(self) -> None:
         await self.backlog_redis.aclose()

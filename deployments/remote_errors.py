@@ -22,8 +22,9 @@ _REPLICA_GONE: tuple[type[BaseException], ...] = (
 )
 
 
-def sort_remote_error(exc: BaseException) -> BaseException:
-    """The Shop3dError inside `exc`, `worker_lost` for a dead replica, else `exc` itself."""
+def sort_remote_error(exc: BaseException) -> Shop3dError | None:
+    """The Shop3dError inside `exc`, `worker_lost` for a dead replica, else None (the caller re-raises
+    `exc` unchanged, and the worker files it as `internal_error`)."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
@@ -35,4 +36,4 @@ def sort_remote_error(exc: BaseException) -> BaseException:
         if isinstance(current, _REPLICA_GONE):
             return TransientError("worker_lost", f"a pipeline replica was lost ({type(current).__name__})")
         current = getattr(current, "cause", None) or current.__cause__
-    return exc
+    return None

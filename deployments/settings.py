@@ -1,48 +1,52 @@
 """What the app builder passes to every deployment: non-secret setting overrides, never the secrets.
 
-Each replica builds its `Settings` from its own environment (where the cluster image or node puts
-SUPABASE_SERVICE_ROLE_KEY and WEBHOOK_SECRET) plus these overrides, so no secret travels through
-serve_config.yaml, Ray's GCS or the dashboard.
+`AppArgs` is derived from `pipeline.settings.Settings` (every field but the SecretStr ones, each optional),
+so a new setting reaches the replicas without a second list to keep in step. Each replica builds its
+`Settings` from its own environment (where the cluster image or node puts SUPABASE_SERVICE_ROLE_KEY and
+WEBHOOK_SECRET) plus these overrides, so no secret travels through serve_config.yaml, Ray's GCS or the
+dashboard.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Literal
+import copy
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, create_model
+from pydantic.fields import FieldInfo
 
 from pipeline.settings import Settings
 
 
-class AppArgs(BaseModel):
+class AppArgsBase(BaseModel):
     """The `args:` of serve_config.yaml (typed app builder); every field overrides one env setting."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    redis_url: str | None = None
-    queue_name: str | None = None
-    max_inflight: int | None = Field(None, ge=1)
-    max_attempts: int | None = Field(None, ge=1)
-    job_timeout_s: float | None = Field(None, gt=0)
-    heartbeat_ttl_s: float | None = Field(None, gt=0)
-    retry_base_s: float | None = Field(None, gt=0)
-    storage_backend: Literal["local", "supabase"] | None = None
-    local_storage_dir: Path | None = None
-    local_storage_base_url: str | None = None
-    supabase_url: str | None = None
-    supabase_bucket_name: str | None = None
-    backend_url: str | None = None
-    webhook_path: str | None = None
-    tsr_model: str | None = None
-    rembg_model: str | None = None
-    device: Literal["auto", "cpu", "cuda"] | None = None
-    chunk_size: int | None = Field(None, ge=0)
-    allow_private_urls: bool | None = None
-    default_formats: tuple[Literal["glb", "usdz", "poster", "report"], ...] | None = None
-
     def overrides(self) -> dict[str, Any]:
-        return self.model_dump(exclude_none=True)
+        """The settings named in `args:`, JSON-ready (replica constructors receive plain values)."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+def _optional(field: FieldInfo) -> tuple[Any, FieldInfo]:
+    """The same field (type, constraints, description) but optional with no default of its own."""
+    optional = copy.copy(field)
+    optional.default = None
+    optional.default_factory = None
+    return field.annotation | None, optional
+
+
+def _derive_app_args() -> type[AppArgsBase]:
+    fields = {name: _optional(field) for name, field in Settings.model_fields.items()
+              if name not in Settings.secret_fields()}
+    model: type[AppArgsBase] = create_model("AppArgs", __base__=AppArgsBase, __module__=__name__, **fields)
+    return model
+
+
+if TYPE_CHECKING:
+    AppArgs = AppArgsBase
+else:
+    AppArgs = _derive_app_args()
 
 
 def replica_settings(overrides: dict[str, Any]) -> Settings:

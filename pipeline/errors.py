@@ -47,6 +47,20 @@ ERROR_CODES: dict[str, str] = {
 }
 
 
+# HTTP answers that mean "not now" rather than "never", besides every 5xx: the one rule that image
+# downloads, storage uploads and webhook deliveries all retry by.
+RETRYABLE_STATUSES = frozenset({408, 425, 429})
+
+
+def is_retryable_status(status: int | str) -> bool:
+    """True for 408, 425, 429 and every 5xx; `status` may be a string (Supabase puts it in the body)."""
+    try:
+        code = int(status)
+    except (TypeError, ValueError):
+        return False
+    return 500 <= code <= 599 or code in RETRYABLE_STATUSES
+
+
 class Shop3dError(Exception):
     """A failure with a stable `code` (a key of ERROR_CODES) and a message safe to show a shop."""
 

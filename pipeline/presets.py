@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+DEFAULT_CHUNK_SIZE = 65536  # points per decoder call: bounds query memory; results do not depend on it
+
 
 @dataclass(frozen=True)
 class Preset:

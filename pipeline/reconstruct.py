@@ -1,6 +1,7 @@
 """Framed photos -> native-frame meshes: one batched TripoSR forward, then one extraction per scene code.
 
-This is the GPU stage of the graph (deployments/reconstruct.py batches requests into one call); on a
+This is the GPU stage's work (pipeline.run.stages.reconstruct_batch; deployments/reconstruct.py batches
+requests into one call); on a
 machine without CUDA it runs the same code on the CPU.
 """
 
@@ -15,11 +16,14 @@ import numpy as np
 import torch
 
 from pipeline.errors import JobRejected, Shop3dError
-from pipeline.images import to_model_input
-from pipeline.mesh import ExtractionMethod, extract_mesh_with_stats
+from pipeline.intake.images import to_model_input
+from pipeline.isosurface.extraction import DEFAULT_THRESHOLD, ExtractionMethod, extract_mesh_with_stats
 from pipeline.mesh_arrays import MeshArrays
 from pipeline.model import TripoSR
 from pipeline.model.color_field import ColorField
+from pipeline.presets import DEFAULT_CHUNK_SIZE
+
+__all__ = ["ExtractionMethod", "Reconstruction", "model_batch", "reconstruct_meshes"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,28 +51,32 @@ def model_batch(model: TripoSR, framed_images: Sequence[np.ndarray]) -> torch.Te
 
 
 def reconstruct_meshes(model: TripoSR, framed_images: Sequence[np.ndarray], resolutions: Sequence[int], *,
-                       method: ExtractionMethod = "fast", chunk_size: int = 65536, threshold: float = 25.0,
+                       method: ExtractionMethod = "fast", chunk_size: int = DEFAULT_CHUNK_SIZE,
+                       thresholds: Sequence[float] | None = None,
                        color_fields: Sequence[bool] | None = None) -> list[Reconstruction | Shop3dError]:
-    """A mesh per framed image at its own marching-cubes resolution, in order; an image whose field has
-    no surface gets its error, not a mesh.
+    """A mesh per framed image at its own marching-cubes resolution (and density threshold), in order; an
+    image whose field has no surface gets its error, not a mesh.
 
     Per-image failures are returned rather than raised so one bad image does not fail a whole batch.
     A failure of the batched forward itself raises JobRejected("model_failed").
     """
-    wants_field = list(color_fields) if color_fields is not None else [False] * len(framed_images)
-    if not len(resolutions) == len(wants_field) == len(framed_images):
-        raise ValueError(f"{len(framed_images)} images, {len(resolutions)} resolutions, {len(wants_field)} flags")
+    count = len(framed_images)
+    wants_field = list(color_fields) if color_fields is not None else [False] * count
+    levels = list(thresholds) if thresholds is not None else [DEFAULT_THRESHOLD] * count
+    if not len(resolutions) == len(wants_field) == len(levels) == count:
+        raise ValueError(f"{count} images, {len(resolutions)} resolutions, {len(levels)} thresholds, "
+                         f"{len(wants_field)} flags")
     if not framed_images:
         return []
     started = time.perf_counter()
     try:
         scene_codes = model(model_batch(model, framed_images))
     except (RuntimeError, ValueError) as exc:
-        logger.exception("TripoSR forward failed on a batch of %d", len(framed_images))
+        logger.exception("TripoSR forward failed on a batch of %d", count)
         raise JobRejected("model_failed", f"TripoSR forward failed ({type(exc).__name__})") from exc
     forward_s = time.perf_counter() - started
     results: list[Reconstruction | Shop3dError] = []
-    for scene_code, resolution, with_field in zip(scene_codes, resolutions, wants_field):
+    for scene_code, resolution, threshold, with_field in zip(scene_codes, resolutions, levels, wants_field):
         try:
             mesh, stats = extract_mesh_with_stats(model, scene_code, resolution, threshold,
                                                   method=method, chunk_size=chunk_size)
@@ -78,13 +86,3 @@ def reconstruct_meshes(model: TripoSR, framed_images: Sequence[np.ndarray], reso
         field = ColorField.from_model(model, scene_code) if with_field else None
         results.append(Reconstruction(mesh, forward_s, stats.seconds, stats.points_queried, field))
     return results
-
-
-def reconstruct_mesh(model: TripoSR, framed: np.ndarray, resolution: int, *, method: ExtractionMethod = "fast",
-                     chunk_size: int = 65536, color_field: bool = False) -> Reconstruction:
-    """One image -> one Reconstruction; raises its Shop3dError (empty_mesh, model_failed)."""
-    (result,) = reconstruct_meshes(model, [framed], [resolution], method=method, chunk_size=chunk_size,
-                                   color_fields=[color_field])
-    if isinstance(result, Shop3dError):
-        raise result
-    return result

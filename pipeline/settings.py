@@ -7,10 +7,13 @@ they print as '**********' in logs, reprs and errors.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, get_args
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipeline.assets.formats import DEFAULT_FORMATS, OutputFormat
+from pipeline.presets import DEFAULT_CHUNK_SIZE
 
 Quality = Literal["fast", "balanced", "quality"]
 
@@ -51,10 +54,10 @@ class Settings(BaseSettings):
     rembg_model: str = "u2net"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int | None = None
-    chunk_size: int = Field(65536, ge=0, description="points per decoder call; 0 = unchunked")
+    chunk_size: int = Field(DEFAULT_CHUNK_SIZE, ge=0, description="points per decoder call; 0 = unchunked")
     default_quality: Quality = "balanced"
     # Files made when a job names no `formats`: any of glb, usdz, poster, report (JSON list in the env).
-    default_formats: tuple[Literal["glb", "usdz", "poster", "report"], ...] = ("glb", "poster", "report")
+    default_formats: tuple[OutputFormat, ...] = DEFAULT_FORMATS
 
     # input safety
     allow_private_urls: bool = False
@@ -69,6 +72,21 @@ class Settings(BaseSettings):
         if self.storage_backend == "supabase" and not (self.supabase_url and self.supabase_service_role_key):
             raise ValueError("STORAGE_BACKEND=supabase needs SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY")
         return self
+
+    @classmethod
+    def secret_fields(cls) -> frozenset[str]:
+        """Fields typed SecretStr: they reach replicas only through each node's environment."""
+        return frozenset(name for name, field in cls.model_fields.items() if SecretStr in get_args(field.annotation))
+
+    def replica_overrides(self) -> dict[str, Any]:
+        """Every non-secret setting (JSON-ready), for the app builder to hand to every replica, so a replica
+        runs with what this process read from its environment and `.env`, not with its own defaults."""
+        return self.model_dump(mode="json", exclude=set(self.secret_fields()), exclude_none=True)
+
+    def secret_environment(self) -> dict[str, str]:
+        """ENV_NAME -> value of each secret that is set (for a local replica's inherited environment only)."""
+        secrets = {name.upper(): getattr(self, name) for name in self.secret_fields()}
+        return {env: secret.get_secret_value() for env, secret in secrets.items() if secret is not None}
 
     @property
     def webhook_url(self) -> str | None:

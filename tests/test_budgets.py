@@ -11,16 +11,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.assets import ExportedAssets, export_assets
+from pipeline.assets.bundle import ExportedAssets, export_assets
+from pipeline.assets.formats import ASSET_FORMATS
+from pipeline.assets.usdz import check_usdz
+from pipeline.assets.validation import validate_glb
 from pipeline.mesh_arrays import MeshArrays
 from pipeline.presets import PRESETS, Preset
-from pipeline.usdz import check_usdz
-from pipeline.validation import validate_glb
 from tests.test_export import gltf_json
 from tests.test_geometry import field_to_mesh, grid
 from tests.test_texture import native_color
-
-ALL_FORMATS = ("glb", "usdz", "poster", "report")
 
 
 def vase_mesh(n: int = 200) -> MeshArrays:
@@ -40,7 +39,7 @@ def big_mesh() -> MeshArrays:
 @pytest.fixture(scope="module", params=sorted(PRESETS))
 def exported(request: pytest.FixtureRequest, big_mesh: MeshArrays) -> tuple[Preset, ExportedAssets]:
     preset = PRESETS[request.param]
-    return preset, export_assets(big_mesh, preset, {"dimensions": {"height": 40, "unit": "cm"}}, ALL_FORMATS,
+    return preset, export_assets(big_mesh, preset, {"dimensions": {"height": 40, "unit": "cm"}}, ASSET_FORMATS,
                                  color_fn=native_color, job_id=f"budget-{preset.name}")
 
 

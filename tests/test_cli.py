@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.validation import validate_glb
+from pipeline.assets.validation import validate_glb
 from tests.test_export import load_glb
 from tests.support.http_server import LocalHTTPServer
 from tests.support.matting_model import make_product_photo, write_tiny_matting_onnx

@@ -32,7 +32,7 @@ from ray.serve.schema import (DeploymentSchema, HTTPOptionsSchema, LoggingConfig
 from deployments.app import DEPLOYMENTS, build_app
 from deployments.autoscaling import backlog_policy
 from deployments.settings import AppArgs
-from pipeline.mesh import ExtractionMethod
+from pipeline.isosurface.extraction import ExtractionMethod
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SERVE_CONFIG = REPO_ROOT / "serve_config.yaml"

@@ -1,4 +1,4 @@
-"""SSRF-safe download (pipeline.download) against a real local HTTP server on 127.0.0.1.
+"""SSRF-safe download (pipeline.intake.download) against a real local HTTP server on 127.0.0.1.
 
 The production policy must refuse that server (it is loopback); the tests reach it with a policy
 whose allowlist admits exactly 127.0.0.1:<its port>, so every other private address stays blocked.
@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from pipeline.download import DownloadPolicy, allow_only_addresses, fetch_image, make_http_client
+from pipeline.intake.download import DownloadPolicy, allow_only_addresses, fetch_image, make_http_client
 from pipeline.errors import JobRejected, Shop3dError, TransientError
 from tests.support.http_server import LocalHTTPServer, Response
 from tests.support.redis_server import free_port

@@ -1,7 +1,9 @@
-"""GLB export: round-trips through trimesh and passes the Khronos glTF-Validator with 0 errors."""
+"""GLB export: `glb.to_glb` and the job's GLB from `bundle.export_assets` round-trip through trimesh and
+pass the Khronos glTF-Validator with 0 errors; the model is cleaned, Y up, sized in metres and on the floor."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import struct
@@ -11,12 +13,15 @@ import numpy as np
 import pytest
 import trimesh
 
-from pipeline import export
+from pipeline.assets import glb as export
+from pipeline.assets.bundle import EXPORTERS, ExportedAssets, export_assets
+from pipeline.assets.colors import srgb_to_linear
+from pipeline.assets.formats import ASSET_FORMATS
+from pipeline.assets.geometry import clean_mesh
+from pipeline.assets.validation import ValidatorUnavailable, validate_glb
 from pipeline.errors import JobRejected
-from pipeline.geometry import clean_mesh
 from pipeline.mesh_arrays import MeshArrays
 from pipeline.presets import PRESETS
-from pipeline.validation import ValidatorUnavailable, validate_glb
 from tests.support.paths import TINY_FIXTURE_DIR
 from tests.test_geometry import RADIUS, ellipsoid_mesh, field_to_mesh, fragmented_mesh, grid, with_duplicates
 
@@ -58,8 +63,13 @@ def big_mesh() -> MeshArrays:
     return mesh
 
 
+def export_glb(mesh: MeshArrays, metadata: dict[str, Any] | None = None, job_id: str = "-") -> ExportedAssets:
+    """The product's export at the fast preset (vertex colours), GLB only; the tests run the validator themselves."""
+    return export_assets(mesh, PRESETS["fast"], metadata, ["glb"], job_id=job_id, validate=False)
+
+
 def test_srgb_to_linear_endpoints_and_midtone() -> None:
-    linear = export.srgb_to_linear(np.array([[0, 128, 255]], dtype=np.uint8))
+    linear = srgb_to_linear(np.array([[0, 128, 255]], dtype=np.uint8))
     np.testing.assert_allclose(linear, [[0.0, 0.2158605, 1.0]], atol=1e-6)
 
 
@@ -98,33 +108,39 @@ def test_to_glb_rejects_an_empty_mesh() -> None:
     assert info.value.code == "export_failed"
 
 
-def test_export_mesh_table() -> None:
+def test_exporters_write_every_model_format_and_unknown_formats_are_refused() -> None:
     mesh = clean_mesh(ellipsoid_mesh(16))
-    assert export.export_mesh(mesh, "glb")[:4] == b"glTF"
+    assert set(EXPORTERS) | {"poster", "report"} == set(ASSET_FORMATS)  # the poster is a render, the report JSON
+    assert EXPORTERS["glb"](mesh)[:4] == b"glTF"
+    assert EXPORTERS["usdz"](mesh)[:2] == b"PK"  # a zip package
     with pytest.raises(ValueError, match="glb"):
-        export.export_mesh(mesh, "fbx")
+        export_assets(mesh, PRESETS["fast"], None, ["glb", "fbx"])
 
 
 @pytest.mark.parametrize("preset_name", sorted(PRESETS))
-def test_export_model_at_each_preset_budget(big_mesh: MeshArrays, preset_name: str) -> None:
-    preset = PRESETS[preset_name]
-    model = export.export_model(big_mesh, preset, {"dimensions": {"height": 20, "unit": "cm"}}, job_id="j-1")
-    assert preset.max_faces * 0.9 <= model.stats.faces <= preset.max_faces
-    assert model.stats.glb_bytes == len(model.glb) <= preset.max_glb_bytes
-    reloaded = load_glb(model.glb)
-    assert len(reloaded.faces) == model.stats.faces
+def test_job_glb_meets_each_preset_face_budget_and_stands_at_its_height(big_mesh: MeshArrays,
+                                                                        preset_name: str) -> None:
+    """Vertex colours (texture 0) keep this fast; the baked quality GLB's bytes are tests/test_budgets.py's."""
+    preset = dataclasses.replace(PRESETS[preset_name], texture_size=0)
+    assets = export_assets(big_mesh, preset, {"dimensions": {"height": 20, "unit": "cm"}}, ["glb"], job_id="j-1",
+                           validate=False)
+    glb = assets.files["glb"].data
+    assert preset.max_faces * 0.9 <= assets.stats.faces <= preset.max_faces
+    assert assets.stats.glb_bytes == len(glb) <= preset.max_glb_bytes
+    reloaded = load_glb(glb)
+    assert len(reloaded.faces) == assets.stats.faces
     low, high = reloaded.bounds
     assert low[1] == pytest.approx(0.0, abs=1e-6)                      # rests on the floor
     assert high[1] == pytest.approx(0.20, rel=1e-4)                    # height from metadata, in metres
     assert abs(low[0] + high[0]) < 1e-6 and abs(low[2] + high[2]) < 1e-6  # centred in x and z
-    assert model.stats.bbox_max_m[1] == pytest.approx(0.20, rel=1e-4)
-    assert_valid(model.glb)
+    assert assets.stats.bbox_max_m[1] == pytest.approx(0.20, rel=1e-4)
+    assert_valid(glb)
 
 
-def test_export_model_colours_normals_and_up_axis_survive_the_round_trip() -> None:
-    model = export.export_model(ellipsoid_mesh(48), PRESETS["fast"], None)
-    reloaded = load_glb(model.glb)
-    assert model.stats.scale_basis == "default"
+def test_job_glb_colours_normals_and_up_axis_survive_the_round_trip() -> None:
+    assets = export_glb(ellipsoid_mesh(48))
+    reloaded = load_glb(assets.files["glb"].data)
+    assert assets.stats.scale_basis == "default"
     assert max(reloaded.extents) == pytest.approx(0.3, rel=1e-5)
     assert int(np.argmax(reloaded.extents)) == 1  # the ellipsoid's tall native Z is glTF Y
     assert isinstance(reloaded.visual, trimesh.visual.TextureVisuals)  # a material + COLOR_0
@@ -141,39 +157,40 @@ def test_export_model_colours_normals_and_up_axis_survive_the_round_trip() -> No
     assert np.mean(np.einsum("ij,ij->i", normals, reloaded.vertices - centre) > 0) > 0.99
 
 
-def test_export_model_cleans_a_degenerate_fragmented_mesh() -> None:
-    model = export.export_model(with_duplicates(fragmented_mesh()), PRESETS["fast"], None)
-    reloaded = load_glb(model.glb)
+def test_job_glb_of_a_degenerate_fragmented_mesh_is_one_clean_body() -> None:
+    assets = export_glb(with_duplicates(fragmented_mesh()))
+    reloaded = load_glb(assets.files["glb"].data)
     assert reloaded.body_count == 1  # floaters dropped, duplicates welded into one closed body
     assert reloaded.is_watertight
-    assert_valid(model.glb)
+    assert assets.report["surface"]["watertight"] is True
+    assert_valid(assets.files["glb"].data)
 
 
-def test_export_model_on_the_fixture_torchmcubes_mesh() -> None:
+def test_job_glb_of_the_fixture_torchmcubes_mesh() -> None:
     reference = np.load(TINY_FIXTURE_DIR / "reference.npz")
     raw = MeshArrays(reference["mc_raw_vertices"], reference["mc_raw_faces"],
                      np.round(reference["mc_raw_colors"] * 255).astype(np.uint8))
-    model = export.export_model(raw, PRESETS["fast"], None)
-    assert model.stats.faces <= PRESETS["fast"].max_faces
-    assert_valid(model.glb)
+    assets = export_glb(raw)
+    assert assets.stats.faces <= PRESETS["fast"].max_faces
+    assert_valid(assets.files["glb"].data)
 
 
-def test_export_model_tiny_mesh() -> None:
+def test_job_glb_of_a_tiny_mesh_sized_by_its_width() -> None:
     vertices = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=np.float32) * RADIUS
     faces = np.array([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]], dtype=np.int32)
     tetrahedron = MeshArrays(vertices, faces, np.full((4, 3), 200, np.uint8))
-    model = export.export_model(tetrahedron, PRESETS["fast"], {"dimensions": {"width": "4 in"}})
-    assert (model.stats.faces, model.stats.vertices) == (4, 4)
-    assert model.stats.scale_basis == "largest_horizontal"
-    assert max(model.stats.size_m[0], model.stats.size_m[2]) == pytest.approx(0.1016, rel=1e-5)
-    assert_valid(model.glb)
+    assets = export_glb(tetrahedron, {"dimensions": {"width": "4 in"}})
+    assert (assets.stats.faces, assets.stats.vertices) == (4, 4)
+    assert assets.stats.scale_basis == "largest_horizontal"
+    assert max(assets.stats.size_m[0], assets.stats.size_m[2]) == pytest.approx(0.1016, rel=1e-5)
+    assert_valid(assets.files["glb"].data)
 
 
-def test_export_model_falls_back_to_default_size_on_bad_dimensions(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level("WARNING", logger="pipeline.export")
-    model = export.export_model(ellipsoid_mesh(24), PRESETS["fast"], {"dimensions": {"height": 30}},
-                                job_id="job-42")
-    assert model.stats.scale_basis == "default"
+def test_bad_dimensions_fall_back_to_the_default_size_and_are_logged(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("WARNING", logger="pipeline.assets.bundle")
+    assets = export_glb(ellipsoid_mesh(24), {"dimensions": {"height": 30}}, job_id="job-42")
+    assert assets.stats.scale_basis == "default"
+    assert max(assets.stats.size_m) == pytest.approx(0.3, rel=1e-5)
     assert any("job-42" in r.getMessage() and "no unit" in r.getMessage() for r in caplog.records)
 
 

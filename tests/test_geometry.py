@@ -1,4 +1,5 @@
-"""pipeline.geometry on analytic marching-cubes meshes (PyMCubes) and the tiny fixture's torchmcubes output."""
+"""pipeline.assets.geometry on analytic marching-cubes meshes (PyMCubes) and the tiny fixture's torchmcubes output,
+and `bundle.prepare_with_frame`, which runs its steps in order for every job."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import mcubes
 import numpy as np
 import pytest
 
-from pipeline import geometry
+from pipeline.assets import geometry
+from pipeline.assets.bundle import prepare_with_frame
+from pipeline.assets.geometry import Dimensions
 from pipeline.errors import JobRejected
-from pipeline.geometry import Dimensions
 from pipeline.mesh_arrays import MeshArrays
 from tests.support.paths import TINY_FIXTURE_DIR
 
@@ -197,8 +199,8 @@ def test_choose_scale_prefers_height_then_largest_horizontal_then_default() -> N
     assert info.value.code == "empty_mesh"
 
 
-def test_prepare_for_ar_stands_a_centred_metre_sized_model_on_the_floor() -> None:
-    mesh, scale = geometry.prepare_for_ar(ellipsoid_mesh(), 2_000, Dimensions(None, 0.25, None))
+def test_prepare_stands_a_centred_metre_sized_model_on_the_floor() -> None:
+    mesh, scale, _ = prepare_with_frame(ellipsoid_mesh(), 2_000, Dimensions(None, 0.25, None))
     low, high = mesh.vertices.min(axis=0), mesh.vertices.max(axis=0)
     assert scale.basis == "height"
     assert low[1] == pytest.approx(0.0, abs=1e-6)
@@ -208,9 +210,21 @@ def test_prepare_for_ar_stands_a_centred_metre_sized_model_on_the_floor() -> Non
     assert mesh.n_faces <= 2_000 and signed_volume(mesh) > 0
 
 
-def test_prepare_for_ar_rejects_a_mesh_with_no_usable_faces() -> None:
+def test_prepare_runs_clean_fragments_decimate_orient_scale_in_that_order() -> None:
+    native = with_duplicates(fragmented_mesh())
+    mesh, scale, _ = prepare_with_frame(native, 3_000, None)
+    oriented = geometry.orient_for_gltf(geometry.decimate(geometry.drop_small_fragments(geometry.clean_mesh(native)),
+                                                          3_000))
+    expected = geometry.scale_and_place(oriented, scale.factor)
+    np.testing.assert_array_equal(mesh.vertices, expected.vertices)
+    np.testing.assert_array_equal(mesh.faces, expected.faces)
+    np.testing.assert_array_equal(mesh.colors, expected.colors)
+    assert scale == geometry.choose_scale(np.ptp(oriented.vertices.astype(np.float64), axis=0), None)
+
+
+def test_prepare_rejects_a_mesh_with_no_usable_faces() -> None:
     vertices = np.array([[0, 0, 0], [1, 0, 0], [2, 0, 0]], dtype=np.float32)  # collinear: zero area
     flat = MeshArrays(vertices, np.array([[0, 1, 2]], dtype=np.int32), np.zeros((3, 3), np.uint8))
     with pytest.raises(JobRejected) as info:
-        geometry.prepare_for_ar(flat, 100, None)
+        prepare_with_frame(flat, 100, None)
     assert info.value.code == "empty_mesh"

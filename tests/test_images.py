@@ -1,4 +1,4 @@
-"""Decode and framing (pipeline.images): modes, EXIF, bombs, broken files, and pixel parity of the
+"""Decode and framing (pipeline.intake.images): modes, EXIF, bombs, broken files, and pixel parity of the
 official framing on the fixture's `preprocess_*` arrays."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from pipeline.errors import JobRejected
-from pipeline.images import decode_image, frame_foreground, has_real_transparency, to_model_input
+from pipeline.intake.images import decode_image, frame_foreground, has_real_transparency, to_model_input
 
 LIMIT = 40_000_000
 

@@ -1,4 +1,4 @@
-"""Choosing a job's image (pipeline.intake): real local HTTP server, real decode, real rembg with the
+"""Choosing a job's image (pipeline.intake.selection): real local HTTP server, real decode, real rembg with the
 tiny ONNX matting model; skipped URLs are recorded and total failure maps to the right code."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.download import DownloadPolicy, allow_only_addresses, make_http_client
+from pipeline.intake.download import DownloadPolicy, allow_only_addresses, make_http_client
 from pipeline.errors import JobRejected, Shop3dError, TransientError
-from pipeline.images import decode_image, frame_foreground
-from pipeline.intake import SelectedImage, select_image
-from pipeline.matting import BackgroundRemover
+from pipeline.intake.images import decode_image, frame_foreground
+from pipeline.intake.selection import SelectedImage, select_image
+from pipeline.intake.matting import BackgroundRemover
 from tests.support.http_server import LocalHTTPServer
 from tests.support.matting_model import make_product_photo, make_tiny_remover
 from tests.support.redis_server import free_port

@@ -1,4 +1,4 @@
-"""pipeline.job: the Job contract and every accepted envelope, produced by real producers where one exists.
+"""pipeline.jobs.envelopes: the Job contract and every accepted envelope, produced by real producers where one exists.
 
 Python Celery messages come from a real `Celery.send_task` against the session's redis-server (celery is
 a test-only producer); the celery-node message is the literal captured in integrations.md §2.2.
@@ -17,7 +17,7 @@ from celery import Celery
 from pydantic import ValidationError
 
 from pipeline.errors import ERROR_CODES, JobRejected
-from pipeline.job import MAX_IMAGE_URLS, MAX_MESSAGE_BYTES, Job, parse_message, to_queue_message, validate_job
+from pipeline.jobs.envelopes import MAX_IMAGE_URLS, MAX_MESSAGE_BYTES, Job, parse_message, to_queue_message, validate_job
 
 # integrations.md §2.2, verbatim (celery-node 0.5.9, protocol v2)
 CELERY_NODE_RAW = (

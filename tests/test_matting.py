@@ -1,4 +1,4 @@
-"""Background removal (pipeline.matting) through real rembg + onnxruntime with a tiny u2net-interface
+"""Background removal (pipeline.intake.matting) through real rembg + onnxruntime with a tiny u2net-interface
 ONNX model (tests/support/matting_model.py), loaded the way REMBG_MODEL loads a model in production."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from pipeline.errors import JobRejected
-from pipeline.images import decode_image, frame_foreground
-from pipeline.matting import BackgroundRemover, MattingModelError
+from pipeline.intake.images import decode_image, frame_foreground
+from pipeline.intake.matting import BackgroundRemover, MattingModelError
 from tests.support.matting_model import make_product_photo, make_tiny_remover, write_tiny_matting_onnx
 from tests.support.redis_server import free_port
 
@@ -127,7 +127,7 @@ def test_missing_u2net_offline_tells_where_to_put_it(rembg_home: Path, monkeypat
 
 
 def test_importing_the_module_does_not_import_rembg() -> None:
-    code = "import sys, pipeline.matting; print('rembg' in sys.modules)"
+    code = "import sys, pipeline.intake.matting; print('rembg' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                             cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 0, result.stderr

@@ -1,4 +1,4 @@
-"""Isosurface extraction (pipeline.mesh, pipeline.isosurface): official parity on the tiny fixture, the
+"""Isosurface extraction (pipeline.isosurface.extraction, pipeline.isosurface): official parity on the tiny fixture, the
 fast path against the dense reference on analytic fields and on real (tiny and full-size random) models.
 
 Analytic fields are stand-ins for TripoSR.query written here (closed-form density, position colours);
@@ -21,7 +21,7 @@ from pipeline.isosurface.grid import GridQuery, grid_axis
 from pipeline.isosurface.lattice import interpolate_axis, lattice_indices, level_strides
 from pipeline.isosurface.refinement import RefinementSettings
 from pipeline.isosurface.triangulation import merge_rounded_vertices, triangulate
-from pipeline.mesh import ExtractionStats, extract_mesh, extract_mesh_with_stats
+from pipeline.isosurface.extraction import ExtractionStats, extract_mesh, extract_mesh_with_stats
 from pipeline.mesh_arrays import MeshArrays
 
 RADIUS = 0.87

@@ -1,4 +1,4 @@
-"""pipeline.notify: payloads, Standard Webhooks signatures (checked with the `standardwebhooks` library)
+"""pipeline.delivery.webhooks: payloads, Standard Webhooks signatures (checked with the `standardwebhooks` library)
 and WebhookSender's retry rules against a real local HTTP server. Delays are recorded by an injected
 sleep, never waited for or timed."""
 
@@ -16,7 +16,7 @@ import pytest
 from pydantic import SecretStr
 from standardwebhooks import Webhook
 
-from pipeline import notify
+from pipeline.delivery import webhooks as notify
 from pipeline.errors import JobRejected
 from tests.support.http_server import LocalHTTPServer, Request, Response
 from tests.support.redis_server import free_port

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.assets import prepare_with_frame
-from pipeline.export import srgb_to_linear
+import pipeline.assets.poster.render
+from pipeline.assets.bundle import prepare_with_frame
+from pipeline.assets.colors import linear_to_srgb, srgb_to_linear
+from pipeline.assets.poster.render import (SOFTWARE_RENDERER_NAME, PosterView, Renderer, gl_unavailable_reason,
+                                           render_image_with, render_poster)
+from pipeline.assets.texture import TexturedMesh, bake_texture
 from pipeline.mesh_arrays import MeshArrays
-import pipeline.poster
-from pipeline.poster import (SOFTWARE_RENDERER_NAME, PosterView, Renderer, gl_unavailable_reason, linear_to_srgb,
-                            render_image, render_image_with, render_poster)
-from pipeline.texture import bake_texture
 from tests.test_geometry import ellipsoid_mesh
 
 FACE_COLOURS = {"+z": (220, 30, 30), "+x": (30, 200, 30), "+y": (30, 30, 220),
@@ -57,6 +57,12 @@ def decode(png: bytes) -> np.ndarray:
     return np.asarray(image)
 
 
+def draw(model: MeshArrays | TexturedMesh, size: int = 512, view: PosterView = PosterView(),
+         renderer: Renderer = "auto") -> np.ndarray:
+    """The poster's RGBA image before PNG encoding (straight alpha)."""
+    return render_image_with(model, size, view, renderer)[0]
+
+
 def occupied_box(alpha: np.ndarray) -> tuple[int, int, int, int]:
     rows, cols = np.nonzero(alpha > 0)
     return int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())
@@ -85,7 +91,7 @@ def test_poster_is_rgba_with_a_transparent_background(ellipsoid: MeshArrays, ren
 
 def test_object_is_framed_inside_the_margin_and_centred(ellipsoid: MeshArrays, renderer: Renderer) -> None:
     size, view = 256, PosterView()
-    alpha = render_image(ellipsoid, size, view, renderer)[..., 3]
+    alpha = draw(ellipsoid, size, view, renderer)[..., 3]
     top, bottom, left, right = occupied_box(alpha)
     margin = int(view.margin * size)
     assert top >= margin - 2 and left >= margin - 2
@@ -96,14 +102,14 @@ def test_object_is_framed_inside_the_margin_and_centred(ellipsoid: MeshArrays, r
 
 
 def test_edges_are_antialiased(ellipsoid: MeshArrays, renderer: Renderer) -> None:
-    alpha = render_image(ellipsoid, 128, renderer=renderer)[..., 3]
+    alpha = draw(ellipsoid, 128, renderer=renderer)[..., 3]
     partial = (alpha > 0) & (alpha < 255)
     assert partial.sum() > 50  # soft silhouette pixels exist ...
     assert partial.sum() < 0.2 * (alpha > 0).sum()  # ... only on the silhouette
 
 
 def test_three_quarter_front_view_shows_front_side_and_top(renderer: Renderer) -> None:
-    image = render_image(coloured_box(), 256, renderer=renderer).astype(np.int64)
+    image = draw(coloured_box(), 256, renderer=renderer).astype(np.int64)
     visible = image[..., 3] == 255
 
     def pixels_of(name: str) -> int:
@@ -120,18 +126,20 @@ def test_three_quarter_front_view_shows_front_side_and_top(renderer: Renderer) -
 
 
 def test_shading_varies_and_colours_are_kept(ellipsoid: MeshArrays, renderer: Renderer) -> None:
-    image = render_image(ellipsoid, 128, renderer=renderer)
+    image = draw(ellipsoid, 128, renderer=renderer)
     solid = image[..., 3] == 255
     brightness = image[solid][:, :3].astype(np.float64).mean(axis=1)
     assert brightness.std() > 10  # lit, not flat
-    red = MeshArrays(ellipsoid.vertices, ellipsoid.faces, np.tile(np.array([200, 20, 20], np.uint8), (ellipsoid.n_vertices, 1)))
-    pixels = render_image(red, 64, renderer=renderer)[..., :3][render_image(red, 64, renderer=renderer)[..., 3] == 255].astype(np.int64)
+    red = MeshArrays(ellipsoid.vertices, ellipsoid.faces,
+                     np.tile(np.array([200, 20, 20], np.uint8), (ellipsoid.n_vertices, 1)))
+    red_image = draw(red, 64, renderer=renderer)
+    pixels = red_image[..., :3][red_image[..., 3] == 255].astype(np.int64)
     assert np.all(pixels[:, 0] > pixels[:, 1] + 40)
 
 
 def test_textured_and_vertex_coloured_posters_agree(ellipsoid: MeshArrays, renderer: Renderer) -> None:
-    plain = render_image(ellipsoid, 128, renderer=renderer).astype(np.float64)
-    textured = render_image(bake_texture(ellipsoid, 512), 128, renderer=renderer).astype(np.float64)
+    plain = draw(ellipsoid, 128, renderer=renderer).astype(np.float64)
+    textured = draw(bake_texture(ellipsoid, 512), 128, renderer=renderer).astype(np.float64)
     np.testing.assert_array_equal(plain[..., 3], textured[..., 3])
     solid = plain[..., 3] == 255
     assert np.abs(plain[solid][:, :3] - textured[solid][:, :3]).mean() < 4.0
@@ -145,9 +153,9 @@ def test_linear_to_srgb_inverts_srgb_to_linear() -> None:
 def test_rejects_empty_meshes_and_tiny_sizes(ellipsoid: MeshArrays, renderer: Renderer) -> None:
     empty = MeshArrays(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int32), np.zeros((0, 3), np.uint8))
     with pytest.raises(ValueError):
-        render_image(empty, renderer=renderer)
+        draw(empty, renderer=renderer)
     with pytest.raises(ValueError):
-        render_image(ellipsoid, 4, renderer=renderer)
+        draw(ellipsoid, 4, renderer=renderer)
 
 
 def test_headless_gl_is_available_here() -> None:
@@ -160,8 +168,8 @@ def test_headless_gl_is_available_here() -> None:
 @pytest.mark.parametrize("model", ["box", "ellipsoid", "textured"])
 def test_gl_and_numpy_renderers_draw_the_same_picture(model: str, ellipsoid: MeshArrays) -> None:
     chosen = {"box": coloured_box(), "ellipsoid": ellipsoid, "textured": bake_texture(ellipsoid, 512)}[model]
-    gl = render_image(chosen, 128, renderer="gl").astype(np.int64)
-    numpy = render_image(chosen, 128, renderer="software").astype(np.int64)
+    gl = draw(chosen, 128, renderer="gl").astype(np.int64)
+    numpy = draw(chosen, 128, renderer="software").astype(np.int64)
     assert np.mean(gl[..., 3] != numpy[..., 3]) < 0.002  # a few silhouette pixels may round differently
     solid = (gl[..., 3] == 255) & (numpy[..., 3] == 255)
     assert np.abs(gl[solid][:, :3] - numpy[solid][:, :3]).mean() < 1.0
@@ -178,14 +186,14 @@ def test_without_gl_auto_falls_back_to_numpy_and_gl_is_an_error(ellipsoid: MeshA
     def no_egl() -> None:
         raise ImportError("libEGL.so.1: cannot open shared object file")
 
-    monkeypatch.setattr(pipeline.poster, "create_context", no_egl)
+    monkeypatch.setattr(pipeline.assets.poster.render, "create_context", no_egl)
     gl_unavailable_reason.cache_clear()
     try:
         assert "libEGL" in (gl_unavailable_reason() or "")
         image, drawn_by = render_image_with(ellipsoid, 64, renderer="auto")
         assert drawn_by == SOFTWARE_RENDERER_NAME and image[..., 3].max() == 255
         with pytest.raises(RuntimeError, match="no headless GL"):
-            render_image(ellipsoid, 64, renderer="gl")
+            draw(ellipsoid, 64, renderer="gl")
     finally:
         gl_unavailable_reason.cache_clear()
 
@@ -195,8 +203,8 @@ def test_gl_posters_drawn_on_several_threads_at_once_are_identical(ellipsoid: Me
     from concurrent.futures import ThreadPoolExecutor
 
     models = [ellipsoid, coloured_box()] * 4
-    expected = [render_image(model, 96, renderer="gl") for model in models[:2]]
+    expected = [draw(model, 96, renderer="gl") for model in models[:2]]
     with ThreadPoolExecutor(max_workers=4) as pool:
-        drawn = list(pool.map(lambda model: render_image(model, 96, renderer="gl"), models))
+        drawn = list(pool.map(lambda model: draw(model, 96, renderer="gl"), models))
     for index, image in enumerate(drawn):
         np.testing.assert_array_equal(image, expected[index % 2])

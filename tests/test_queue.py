@@ -1,4 +1,4 @@
-"""pipeline.queue + pipeline.job_state against a real redis-server (flushed per test), with short timings.
+"""pipeline.queue.consumer + pipeline.jobs.state against a real redis-server (flushed per test), with short timings.
 
 A "crashed" consumer is a second ReliableQueue that claims but is never started: nothing renews its
 heartbeat, so the key expires after heartbeat_ttl_s exactly as it would if the process had died.
@@ -22,13 +22,13 @@ import redis.asyncio as aioredis
 from celery import Celery
 
 from pipeline.errors import JobRejected, TransientError
-from pipeline.job import Job, to_queue_message, validate_job
-from pipeline.job_state import (JobResult, get_job_state, mark_completed, mark_failed, record_progress,
+from pipeline.jobs.envelopes import Job, to_queue_message, validate_job
+from pipeline.jobs.state import (JobResult, get_job_state, mark_completed, mark_failed, record_progress,
                                 record_queued)
-from pipeline.queue import (Claim, ClaimLost, QueueConfig, ReliableQueue, connect, dead_letter_count, dead_letters,
+from pipeline.queue.consumer import (Claim, ClaimLost, QueueConfig, ReliableQueue, connect, dead_letter_count, dead_letters,
                             delayed_count, enqueue, processing_count, queue_depth, submit_job)
-from pipeline.queue_config import retry_delay
-from pipeline.redis_keys import ATTEMPTS_KEY, heartbeat_key, lock_key, processing_key
+from pipeline.queue.config import retry_delay
+from pipeline.jobs.keys import ATTEMPTS_KEY, heartbeat_key, lock_key, processing_key
 from tests.support.redis_server import RedisServer
 
 QUEUE = "celery"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.raster import rasterize
+from pipeline.assets.raster import rasterize
 
 SQUARE = np.array([[0.0, 0.0], [8.0, 0.0], [0.0, 8.0], [8.0, 8.0]])
 SQUARE_FACES = np.array([[0, 1, 2], [1, 3, 2]])

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import get_args
 
 import numpy as np
 import pytest
 
-from pipeline import report as qa
-from pipeline.assets import DEFAULT_FORMATS, export_assets, prepare_with_frame, resolve_formats
+from pipeline.assets import report as qa
+from pipeline.assets.bundle import export_assets, prepare_with_frame
+from pipeline.assets.formats import (ASSET_FORMATS, CONTENT_TYPES, DEFAULT_FORMATS, FILENAMES, OutputFormat,
+                                     resolve_formats)
 from pipeline.errors import JobRejected
 from pipeline.mesh_arrays import MeshArrays
 from pipeline.presets import PRESETS
@@ -52,6 +55,13 @@ def test_report_json_and_summary() -> None:
     assert summary == {"faces": 4, "vertices": 4, "size_m": [0.1, 0.2, 0.1], "bytes": {"glb": 1234},
                        "watertight": True, "validators": {"glb": "passed"}, "budgets_passed": False,
                        "adjusted": False, "seconds": 1.123}
+
+
+def test_format_table_names_every_format_once() -> None:
+    assert ASSET_FORMATS == get_args(OutputFormat) == ("glb", "usdz", "poster", "report")
+    assert tuple(FILENAMES) == tuple(CONTENT_TYPES) == ASSET_FORMATS
+    assert len(set(FILENAMES.values())) == len(ASSET_FORMATS)  # one stored file each, none overwrites another
+    assert set(DEFAULT_FORMATS) < set(ASSET_FORMATS)
 
 
 def test_resolve_formats() -> None:

@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import JobRejected, Shop3dError, TransientError
-from pipeline.job import Job
-from pipeline.runner import STAGE_START, JobOutput, process_job
-from pipeline.storage import LocalObjectStore
-from pipeline.validation import validate_glb
+from pipeline.jobs.envelopes import Job
+from pipeline.jobs.state import JobResult
+from pipeline.run.runner import process_job
+from pipeline.run.stages import DONE, STAGE_PROGRESS
+from pipeline.delivery.storage import LocalObjectStore
+from pipeline.assets.validation import validate_glb
 from tests.test_export import load_glb
 from tests.support.http_server import LocalHTTPServer
 from tests.support.matting_model import make_product_photo
@@ -25,12 +27,16 @@ def _job(urls: list[str], quality: str = "fast") -> Job:
 
 
 def _run(job: Job, tiny_fixture_dir: Path, tmp_path: Path, server: LocalHTTPServer,
-         progress: list[tuple[str, int]] | None = None, store: LocalObjectStore | None = None) -> JobOutput:
-    async def go() -> JobOutput:
+         progress: list[tuple[str, int]] | None = None, store: LocalObjectStore | None = None) -> JobResult:
+    seen = progress if progress is not None else []
+
+    async def record(stage: str, percent: int) -> None:
+        seen.append((stage, percent))
+
+    async def go() -> JobResult:
         services = make_services(tiny_fixture_dir, tmp_path, server.port, store)
         try:
-            return await process_job(job, services, on_progress=(lambda s, p: progress.append((s, p)))
-                                     if progress is not None else None)
+            return await process_job(job, services, record)
         finally:
             await services.aclose()
     return asyncio.run(go())
@@ -42,17 +48,17 @@ def test_photo_url_becomes_a_valid_stored_glb(tiny_fixture_dir: Path, tmp_path: 
     progress: list[tuple[str, int]] = []
     output = _run(_job([url]), tiny_fixture_dir, tmp_path, http_server, progress)
 
-    stored = output.published.objects["glb"]
-    assert stored.key == "demo.myshopify.com/red-mug/job-runner-1/model.glb"
-    glb = (tmp_path / "objects" / stored.key).read_bytes()
+    key = "demo.myshopify.com/red-mug/job-runner-1/model.glb"
+    assert output.assets["glb"] == (tmp_path / "objects" / key).as_uri()
+    glb = (tmp_path / "objects" / key).read_bytes()
     assert validate_glb(glb).errors == 0
     mesh = load_glb(glb)
-    assert len(mesh.faces) == output.published.stats["faces"] <= 20_000  # the fast preset's budget
+    assert len(mesh.faces) == output.stats["faces"] <= 20_000  # the fast preset's budget
     assert mesh.bounds[0][1] == pytest.approx(0.0, abs=1e-6)
     assert [stage for stage, _ in progress] == ["prepare", "reconstruct", "export", "upload", "done"]
     assert [pct for _, pct in progress] == sorted(pct for _, pct in progress) and progress[-1][1] == 100
-    assert set(output.timings) == {"prepare", "forward", "extract", "export", "upload"}
-    assert output.image.index == 0 and output.image.skipped == ()
+    assert set(output.stats["timings_s"]) == {"prepare", "forward", "extract", "export", "upload"}
+    assert output.stats["image"]["index"] == 0 and output.stats["image"]["skipped"] == []
 
 
 def test_first_unusable_url_is_skipped_and_recorded(tiny_fixture_dir: Path, tmp_path: Path,
@@ -62,9 +68,10 @@ def test_first_unusable_url_is_skipped_and_recorded(tiny_fixture_dir: Path, tmp_
                                                                     image_format="PNG"), "image/png")
     good = http_server.serve_bytes("/mug.jpg", make_product_photo(), "image/jpeg")
     output = _run(_job([missing, blank, good]), tiny_fixture_dir, tmp_path, http_server)
-    assert output.image.index == 2
-    assert [s["code"] for s in output.image.skipped] == ["image_http_error", "no_foreground"]
-    assert output.summary()["image"]["url"].endswith("/mug.jpg")
+    image = output.stats["image"]
+    assert image["index"] == 2
+    assert [s["code"] for s in image["skipped"]] == ["image_http_error", "no_foreground"]
+    assert image["url"].endswith("/mug.jpg")
 
 
 def test_unwritable_store_is_a_transient_upload_failure(tiny_fixture_dir: Path, tmp_path: Path,
@@ -90,9 +97,9 @@ def test_bad_photo_fails_with_its_code(tiny_fixture_dir: Path, tmp_path: Path, h
     assert isinstance(caught.value, JobRejected) and caught.value.code == code
 
 
-def test_stage_starts_are_increasing() -> None:
-    starts = list(STAGE_START.values())
-    assert starts == sorted(starts) and starts[0] == 0 and starts[-1] == 100
+def test_stage_progress_is_increasing() -> None:
+    starts = [*STAGE_PROGRESS.values(), DONE[1]]
+    assert starts == sorted(starts) and starts[0] > 0 and starts[-1] == 100
 
 
 def test_job_formats_choose_the_files_and_each_is_stored_under_the_job(tiny_fixture_dir: Path, tmp_path: Path,
@@ -103,15 +110,15 @@ def test_job_formats_choose_the_files_and_each_is_stored_under_the_job(tiny_fixt
     job = Job(job_id="job-formats", shop="demo.myshopify.com", product_id="1", product_handle="red-mug",
               image_urls=(url,), quality="fast", formats=("glb", "usdz", "poster", "report"))
     output = _run(job, tiny_fixture_dir, tmp_path, http_server)
-    keys = {name: stored.key for name, stored in output.published.objects.items()}
+    root = tmp_path / "objects"
+    keys = {name: url.removeprefix(root.as_uri() + "/") for name, url in output.assets.items()}
     prefix = "demo.myshopify.com/red-mug/job-formats/"
     assert keys == {"glb": prefix + "model.glb", "usdz": prefix + "model.usdz", "poster": prefix + "poster.png",
                     "report": prefix + "report.json"}
-    root = tmp_path / "objects"
     assert (root / keys["poster"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (root / keys["usdz"]).read_bytes()[:2] == b"PK"
     report = json.loads((root / keys["report"]).read_text())
     assert report["validators"]["glb"]["status"] == "passed" and report["budgets"]["passed"] is True
-    stats = output.published.stats
+    stats = output.stats
     assert stats["bytes"]["usdz"] == (root / keys["usdz"]).stat().st_size and stats["validators"]["usdz"] == "passed"
     assert stats["faces"] <= 20_000 and stats["glb_bytes"] == stats["bytes"]["glb"]

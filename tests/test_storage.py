@@ -1,4 +1,4 @@
-"""pipeline.storage: the local store on real files; the Supabase store through storage3 against a stand-in.
+"""pipeline.delivery.storage: the local store on real files; the Supabase store through storage3 against a stand-in.
 
 Supabase is third-party SaaS, so its tests run against tests/support/supabase_standin.py, a real local
 HTTP server written from integrations.md §1.4 (HTTP-400 error bodies included), not the real server.
@@ -18,7 +18,7 @@ from storage3.exceptions import StorageApiError
 
 from pipeline.errors import JobRejected, TransientError
 from pipeline.settings import Settings
-from pipeline.storage import LocalObjectStore, SupabaseObjectStore, make_object_store, object_key, storage_error
+from pipeline.delivery.storage import LocalObjectStore, SupabaseObjectStore, make_object_store, object_key, storage_error
 from tests.support.redis_server import free_port
 from tests.support.supabase_standin import SupabaseStandIn
 

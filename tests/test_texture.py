@@ -10,18 +10,11 @@ import pytest
 import torch
 import trimesh
 
-from pipeline.assets import ExportFrame, prepare_with_frame
-from pipeline.export import to_textured_glb
-from pipeline.geometry import NATIVE_TO_GLTF, prepare_for_ar
+from pipeline.assets.bundle import ExportFrame, prepare_with_frame
+from pipeline.assets.geometry import NATIVE_TO_GLTF
+from pipeline.assets.glb import to_textured_glb
+from pipeline.assets.texture import TexturedMesh, bake_texture, chart_padding, fill_empty_texels, sample_texture
 from pipeline.mesh_arrays import MeshArrays
-from pipeline.texture import (
-    TexturedMesh,
-    bake_texture,
-    chart_padding,
-    fill_empty_texels,
-    model_color_fn,
-    sample_texture,
-)
 from tests.test_export import assert_valid, gltf_json, load_glb
 from tests.test_geometry import ellipsoid_mesh
 
@@ -54,13 +47,10 @@ def baked(placed: tuple[MeshArrays, ExportFrame]) -> TexturedMesh:
     return bake_texture(mesh, 512, native_color, frame.to_native)
 
 
-def test_export_frame_matches_prepare_for_ar_and_inverts_it() -> None:
+def test_export_frame_inverts_the_placement() -> None:
     native = ellipsoid_mesh(32)
     mesh, scale, frame = prepare_with_frame(native, 100_000, None)
-    reference, reference_scale = prepare_for_ar(native, 100_000, None)
-    np.testing.assert_array_equal(mesh.vertices, reference.vertices)
-    np.testing.assert_array_equal(mesh.faces, reference.faces)
-    assert scale == reference_scale and frame.factor == scale.factor
+    assert frame.factor == scale.factor
     # Without decimation every exported vertex is a cleaned native vertex: the map must land on it.
     back = frame.to_native(mesh.vertices)
     forward = frame.factor * back @ NATIVE_TO_GLTF.T - np.array(frame.offset)
@@ -170,17 +160,18 @@ def test_bake_rejects_bad_input(placed: tuple[MeshArrays, ExportFrame]) -> None:
 
 
 def test_bake_from_the_tiny_triposr_colour_field(tiny_fixture_dir: Path) -> None:
-    """The real colour field: texels equal model.query colours at their native surface points."""
-    from pipeline.mesh import extract_mesh
+    """The product's colour field (ColorField, the model's decoder detached): texels equal model.query
+    colours at their native surface points."""
+    from pipeline.isosurface.extraction import extract_mesh
     from pipeline.model import load_pretrained
+    from pipeline.model.color_field import ColorField
 
     model = load_pretrained(str(tiny_fixture_dir))
     scene_code = torch.from_numpy(np.load(tiny_fixture_dir / "reference.npz")["scene_codes"][0])
     with torch.no_grad():
         native = extract_mesh(model, scene_code, 48)
     mesh, _, frame = prepare_with_frame(native, 3000, None)
-    color_fn = model_color_fn(model, scene_code, batch=5000)  # several batches: the loop is exercised
-    textured = bake_texture(mesh, 256, color_fn, frame.to_native)
+    textured = bake_texture(mesh, 256, ColorField.from_model(model, scene_code), frame.to_native)
     positions, uvs = surface_samples(textured, 1000, seed=2)
     with torch.no_grad():
         _, color = model.query(scene_code, torch.from_numpy(frame.to_native(positions)).float())

@@ -1,4 +1,4 @@
-"""URL checks made before any connection (pipeline.urls): schemes, userinfo, literal and numeric IPs."""
+"""URL checks made before any connection (pipeline.intake.urls): schemes, userinfo, literal and numeric IPs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import ipaddress
 import pytest
 
 from pipeline.errors import JobRejected
-from pipeline.urls import check_url, is_numeric_host, is_public_address, redact_url
+from pipeline.intake.urls import check_url, is_numeric_host, is_public_address, redact_url
 
 
 @pytest.mark.parametrize("url", [

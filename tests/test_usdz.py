@@ -13,11 +13,11 @@ import pytest
 from PIL import Image
 from pxr import Sdf, Usd, UsdGeom, UsdShade, UsdUtils
 
-from pipeline.assets import prepare_with_frame
-from pipeline.export import srgb_to_linear
+from pipeline.assets.bundle import prepare_with_frame
+from pipeline.assets.colors import srgb_to_linear
+from pipeline.assets.texture import TexturedMesh, bake_texture
+from pipeline.assets.usdz import MESH_PRIM, ROOT_PRIM, UsdUnavailable, check_usdz, to_usdz
 from pipeline.mesh_arrays import MeshArrays
-from pipeline.texture import TexturedMesh, bake_texture
-from pipeline.usdz import MESH_PRIM, ROOT_PRIM, UsdUnavailable, check_usdz, to_usdz
 from tests.test_geometry import ellipsoid_mesh
 
 # The shader ids RealityKit / AR Quick Look implement (the former ComplianceChecker's ARKit rule).

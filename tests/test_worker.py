@@ -21,14 +21,14 @@ import pytest
 import redis.asyncio as aioredis
 from celery import Celery
 
-from pipeline.job import Job, to_queue_message
-from pipeline.job_state import JobResult, get_job_state
-from pipeline.notify import WebhookSender
-from pipeline.queue import QueueConfig, ReliableQueue, connect, dead_letters
-from pipeline.redis_keys import job_key
-from pipeline.reporting import JobReporter
-from pipeline.runner import Services, process_job
-from pipeline.worker import JobWorker
+from pipeline.jobs.envelopes import Job, to_queue_message
+from pipeline.jobs.state import JobResult, get_job_state
+from pipeline.delivery.webhooks import WebhookSender
+from pipeline.queue.consumer import QueueConfig, ReliableQueue, connect, dead_letters
+from pipeline.jobs.keys import job_key
+from pipeline.delivery.reporting import JobReporter
+from pipeline.run.runner import Services, process_job
+from pipeline.run.worker import JobWorker
 from tests.support.http_server import LocalHTTPServer, Request, Response
 from tests.support.matting_model import make_product_photo
 from tests.support.services import make_services
@@ -90,8 +90,7 @@ class Harness:
 
     async def execute(self, job: Job) -> JobResult:
         self.executed.append(job.job_id)
-        output = await process_job(job, self.services)
-        return JobResult(assets=output.published.asset_urls, stats=output.published.stats)
+        return await process_job(job, self.services)
 
     async def __aenter__(self) -> "Harness":
         await self.worker.queue.start()

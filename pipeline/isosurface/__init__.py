@@ -1,4 +1,4 @@
-"""Isosurface extraction parts behind `pipeline.mesh.extract_mesh` (the entry point; import that).
+"""Isosurface extraction parts behind `pipeline.isosurface.extraction.extract_mesh` (the entry point; import that).
 
     grid           the official marching-cubes grid (SPEC §11.1) and chunked field queries on it
     lattice        sub-lattices of that grid (every coarse sample is a fine sample), cell/point masks

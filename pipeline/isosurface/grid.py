@@ -39,8 +39,8 @@ class GridQuery:
     def __init__(self, field: DensityField, scene_code: Tensor, resolution: int, chunk_size: int) -> None:
         if scene_code.ndim != 4 or scene_code.shape[0] != 3:
             raise ValueError(f"scene_code must be (3, C, h, w), got {tuple(scene_code.shape)}")
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        if chunk_size < 0:
+            raise ValueError(f"chunk_size must be >= 0 (0 = unchunked), got {chunk_size}")
         self.field = field
         self.scene_code = scene_code
         self.resolution = resolution
@@ -52,8 +52,9 @@ class GridQuery:
     def density_at(self, indices: np.ndarray) -> np.ndarray:
         """density_act (float32, N) at integer grid indices (N, 3), queried chunk_size points at a time."""
         out = np.empty(indices.shape[0], dtype=np.float32)
-        for start in range(0, indices.shape[0], self.chunk_size):
-            chunk = indices[start:start + self.chunk_size]
+        step = self._step(indices.shape[0])
+        for start in range(0, indices.shape[0], step):
+            chunk = indices[start:start + step]
             out[start:start + chunk.shape[0]] = self._density(self.axis[chunk])
         return out
 
@@ -61,8 +62,9 @@ class GridQuery:
         """density_act on the whole grid, (R, R, R) float32 indexed [ix, iy, iz] (the reference path)."""
         size = self.resolution
         volume = np.empty(size**3, dtype=np.float32)
-        for start in range(0, volume.size, self.chunk_size):
-            flat = np.arange(start, min(start + self.chunk_size, volume.size))
+        step = self._step(volume.size)
+        for start in range(0, volume.size, step):
+            flat = np.arange(start, min(start + step, volume.size))
             ix, rest = np.divmod(flat, size * size)
             iy, iz = np.divmod(rest, size)
             points = np.stack([self.axis[ix], self.axis[iy], self.axis[iz]], axis=1)
@@ -72,11 +74,16 @@ class GridQuery:
     def colors_at(self, vertices: np.ndarray) -> np.ndarray:
         """Vertex colours (V, 3) uint8 = round(color * 255) at world positions (V, 3) float32."""
         out = np.empty(vertices.shape, dtype=np.uint8)
-        for start in range(0, vertices.shape[0], self.chunk_size):
-            chunk = np.ascontiguousarray(vertices[start:start + self.chunk_size], dtype=np.float32)
+        step = self._step(vertices.shape[0])
+        for start in range(0, vertices.shape[0], step):
+            chunk = np.ascontiguousarray(vertices[start:start + step], dtype=np.float32)
             _, color = self._query(chunk)
             out[start:start + chunk.shape[0]] = np.round(np.clip(color, 0.0, 1.0) * 255.0).astype(np.uint8)
         return out
+
+    def _step(self, count: int) -> int:
+        """Points per query: chunk_size, or all `count` at once when chunk_size is 0 (the knob's "unchunked")."""
+        return self.chunk_size or max(count, 1)
 
     def _density(self, points: np.ndarray) -> np.ndarray:
         density, _ = self._query(points)

@@ -9,10 +9,9 @@ from pipeline.model.checkpoint import CheckpointError, build_model, load_pretrai
 from pipeline.model.config import ConfigError, TripoSRConfig, ViTConfig
 from pipeline.model.device import resolve_device, set_num_threads
 from pipeline.model.hub import ModelUnavailableError
-from pipeline.model.tsr import DEFAULT_CHUNK_SIZE, TripoSR
+from pipeline.model.tsr import TripoSR
 
 __all__ = [
-    "DEFAULT_CHUNK_SIZE",
     "CheckpointError",
     "ConfigError",
     "ModelUnavailableError",

@@ -18,7 +18,8 @@ from torch import Tensor
 from pipeline.model.config import TripoSRConfig, parse_config, read_config_yaml
 from pipeline.model.device import autocast_dtype_for, resolve_device, set_num_threads
 from pipeline.model.hub import locate_model_files, read_vit_config
-from pipeline.model.tsr import DEFAULT_CHUNK_SIZE, TripoSR
+from pipeline.model.tsr import TripoSR
+from pipeline.presets import DEFAULT_CHUNK_SIZE
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from torch import Tensor
 from pipeline.model.config import DecoderConfig
 from pipeline.model.decoder import NeRFMLP, query_points
 from pipeline.model.tsr import TripoSR
+from pipeline.presets import DEFAULT_CHUNK_SIZE
 
-QUERY_CHUNK = 65536
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class ColorField:
         with torch.inference_mode():
             tensor = torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32))
             _, color = query_points(self._decoder, self._scene_code, tensor, self.radius, self.density_bias,
-                                    QUERY_CHUNK)
+                                    DEFAULT_CHUNK_SIZE)
         return color.numpy()
 
     def __getstate__(self) -> dict[str, object]:

@@ -26,6 +26,7 @@ from pipeline.model.config import DINO_VITB16, DINO_VITB16_NAME, KNOWN_CLASS_PAT
 from pipeline.model.decoder import density_threshold_raw, sample_triplane
 from pipeline.model.hub import CHECKPOINT_FILENAME, CONFIG_FILENAME, VIT_CONFIG_FILENAME
 from pipeline.model.tsr import TripoSR
+from pipeline.presets import DEFAULT_CHUNK_SIZE
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ def calibrate_last_layer(model: TripoSR) -> None:
     scene_code = model(make_calibration_image(model.config.cond_image_size))[0]
     points = grid_points(CALIBRATION_RESOLUTION, model.renderer_radius)
     hidden = torch.cat([model.decoder.hidden_features(sample_triplane(scene_code, chunk, model.renderer_radius))
-                        for chunk in torch.split(points, 65536)])
+                        for chunk in torch.split(points, DEFAULT_CHUNK_SIZE)])
     last = model.decoder.layers[-1]
     if not isinstance(last, torch.nn.Linear):
         raise TypeError(f"the decoder must end in a Linear layer, not {type(last).__name__}")

@@ -18,8 +18,8 @@ from pipeline.model.decoder import NeRFMLP, query_points
 from pipeline.model.image_tokenizer import DINOImageTokenizer
 from pipeline.model.transformer import Transformer1D
 from pipeline.model.triplane import Triplane1DTokenizer, TriplaneUpsampleNetwork
+from pipeline.presets import DEFAULT_CHUNK_SIZE
 
-DEFAULT_CHUNK_SIZE = 65536
 
 
 class TripoSR(nn.Module):

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 if TYPE_CHECKING:
-    from pipeline.matting import BackgroundRemover
+    from pipeline.intake.matting import BackgroundRemover
 
 # rembg's u2net normalisation (sessions/u2net_custom.py): x / max(x), then (x - mean) / std.
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -100,7 +100,7 @@ def make_product_photo(width: int = 320, height: int = 240, *, box: tuple[int, i
 def make_tiny_remover(home: Path) -> BackgroundRemover:
     """The tiny model written under `home` (used as U2NET_HOME while loading) and loaded through
     rembg's custom-model path, exactly as REMBG_MODEL=<path>.onnx is in production."""
-    from pipeline.matting import BackgroundRemover
+    from pipeline.intake.matting import BackgroundRemover
 
     model_path = write_tiny_matting_onnx(home / "models" / "tiny" / "tiny.onnx")
     with pytest.MonkeyPatch.context() as patch:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.download import DownloadPolicy, allow_only_addresses, make_http_client
+from pipeline.delivery.storage import LocalObjectStore, ObjectStore
+from pipeline.intake.download import DownloadPolicy, allow_only_addresses, make_http_client
 from pipeline.model import TripoSR, load_pretrained
-from pipeline.runner import Services
-from pipeline.storage import LocalObjectStore, ObjectStore
+from pipeline.run.runner import Intake, Services
+from pipeline.run.stages import JobDefaults
+from pipeline.settings import Settings
 from tests.support.matting_model import make_tiny_remover
 
 _MODELS: dict[Path, TripoSR] = {}
@@ -17,7 +19,7 @@ _MODELS: dict[Path, TripoSR] = {}
 def tiny_model(checkpoint_dir: Path) -> TripoSR:
     """The tiny checkpoint loaded once per test session (it is read-only after loading)."""
     if checkpoint_dir not in _MODELS:
-        _MODELS[checkpoint_dir] = load_pretrained(checkpoint_dir, chunk_size=65536)
+        _MODELS[checkpoint_dir] = load_pretrained(checkpoint_dir)
     return _MODELS[checkpoint_dir]
 
 
@@ -35,5 +37,7 @@ def make_services(checkpoint_dir: Path, workdir: Path, server_port: int,
     if store is None:  # a store passed in is the caller's to set up (or to leave broken on purpose)
         store = LocalObjectStore(workdir / "objects")
         store.ensure_ready()
-    return Services(model=tiny_model(checkpoint_dir), remover=make_tiny_remover(workdir / "u2net"),
-                    http=make_http_client(policy), download_policy=policy, store=store)
+    defaults = Settings(_env_file=None)
+    intake = Intake(make_tiny_remover(workdir / "u2net"), make_http_client(policy), policy, defaults.max_image_pixels)
+    return Services(model=tiny_model(checkpoint_dir), intake=intake, store=store,
+                    defaults=JobDefaults.from_settings(defaults))

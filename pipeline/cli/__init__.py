@@ -1,0 +1,1 @@
+"""The `shop3d` command: `main` (parser and dispatch), `generate`, `queue` (submit, status), `serve`."""

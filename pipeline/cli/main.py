@@ -1,0 +1,142 @@
+"""`shop3d`: generate a model from photos on this machine, submit jobs to the queue, read job state,
+run the service, and make random test checkpoints.
+
+    shop3d generate SOURCE... [--quality fast|balanced|quality] [--out DIR]
+    shop3d submit URL... --shop S --product-id P --handle H [--quality Q] [--job-id ID]
+    shop3d status JOB_ID
+    shop3d serve [--cpu-only] [--port 8000]
+    shop3d model random --size tiny|full DIR
+Settings come from the environment or `.env` (pipeline/settings.py); no command prints a secret.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import Shop3dError
+from pipeline.presets import PRESETS
+from pipeline.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE = 0, 1, 2
+QUALITIES = tuple(PRESETS)
+
+
+def _add_generate(commands: Any) -> None:
+    cmd = commands.add_parser("generate", help="photo(s) -> model.glb + summary.json on this machine")
+    cmd.add_argument("sources", nargs="+", metavar="SOURCE", help="image path or http(s) URL; the first usable wins")
+    cmd.add_argument("--quality", choices=QUALITIES, default=None,
+                     help="preset (default: DEFAULT_QUALITY, balanced)")
+    cmd.add_argument("--out", type=Path, default=Path("out"), help="output directory (default: out/)")
+    cmd.add_argument("--handle", default=None, help="product handle for the summary (default: from the file name)")
+    cmd.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_submit(commands: Any) -> None:
+    cmd = commands.add_parser("submit", help="push a job onto the Redis queue (the earlier README's format)")
+    cmd.add_argument("image_urls", nargs="+", metavar="URL")
+    cmd.add_argument("--shop", required=True)
+    cmd.add_argument("--product-id", required=True)
+    cmd.add_argument("--handle", required=True, help="product handle (used in storage keys)")
+    cmd.add_argument("--variant-id", default=None)
+    cmd.add_argument("--title", default=None, help="metadata.productTitle")
+    cmd.add_argument("--quality", choices=QUALITIES, default=None, help="preset (default: the service's DEFAULT_QUALITY)")
+    cmd.add_argument("--job-id", default=None, help="default: a new uuid4")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shop3d", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_generate(commands)
+    _add_submit(commands)
+    status = commands.add_parser("status", help="print a job's state from Redis as JSON")
+    status.add_argument("job_id")
+    serve = commands.add_parser("serve", help="run the Ray Serve graph on this machine (Ctrl-C stops it)")
+    serve.add_argument("--cpu-only", action="store_true", help="ignore GPUs even when present")
+    serve.add_argument("--port", type=int, default=8000, help="HTTP port for /health and /jobs (default 8000)")
+    model = commands.add_parser("model", help="model tools")
+    model_commands = model.add_subparsers(dest="model_command", required=True)
+    # Listed for --help only; main() hands `model random ...` to the maker's own parser.
+    model_commands.add_parser("random", help="write a random-weight checkpoint (testing/benchmarks): "
+                              "--size tiny|full DIR [--seed N]")
+    return parser
+
+
+def _run_generate(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.cli.generate import generate
+
+    summary = asyncio.run(generate(args.sources, args.quality, args.out, settings, handle=args.handle,
+                                   show_progress=not args.no_progress))
+    print(json.dumps(summary, indent=2))
+    return EXIT_OK
+
+
+def _run_submit(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.cli.queue import submit
+
+    fields: dict[str, Any] = {
+        "job_id": args.job_id or str(uuid.uuid4()), "shop": args.shop, "product_id": args.product_id,
+        "product_handle": args.handle, "variant_id": args.variant_id, "image_urls": args.image_urls,
+        "metadata": {"productTitle": args.title} if args.title else {}, "quality": args.quality}
+    print(asyncio.run(submit(fields, settings)))
+    return EXIT_OK
+
+
+def _run_status(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.cli.queue import status
+
+    state = asyncio.run(status(args.job_id, settings))
+    if state is None:
+        print(f"no job {args.job_id!r} in {settings.queue_name!r} state", file=sys.stderr)
+        return EXIT_JOB_FAILED
+    print(json.dumps(state, indent=2, default=str))
+    return EXIT_OK
+
+
+def _run_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.cli.serve import serve_locally
+
+    return serve_locally(settings, cpu_only=args.cpu_only, port=args.port)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `shop3d` console script; returns the exit status."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:2] == ["model", "random"]:
+        from pipeline.model.random_checkpoint import main as random_main
+
+        return random_main(arguments[2:])
+    parser = build_parser()
+    args = parser.parse_args(arguments)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO lines print full URLs with query tokens
+    try:
+        settings = Settings()
+    except ValueError as exc:
+        print(f"shop3d: bad settings: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    handlers = {"generate": _run_generate, "submit": _run_submit, "status": _run_status, "serve": _run_serve}
+    try:
+        return handlers[args.command](args, settings)
+    except Shop3dError as exc:
+        print(json.dumps({"error": exc.to_dict()}, indent=2, default=str))
+        print(f"shop3d: {exc.code}: {exc.message}", file=sys.stderr)
+        return EXIT_JOB_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,2 @@
+"""Getting results out: `storage` (ObjectStore: local, Supabase), `webhooks` (Standard Webhooks
+delivery) and `reporting` (result recorded, then webhook, then its outcome)."""

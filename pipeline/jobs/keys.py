@@ -1,0 +1,52 @@
+"""Every Redis key shop3d owns, in one place (arq's constants module). All live under `shop3d:`.
+
+Every key expires or is bounded: job hashes, locks and heartbeats carry a TTL; the dead-letter and
+undelivered-webhook lists keep only their newest `*_KEPT` entries; the delayed ZSET and the processing
+lists hold only messages in flight (each entry moves on: promoted when due, reaped when its consumer
+dies) and vanish when empty. The backend's queue key itself is QUEUE_NAME (default `celery`) and is
+not ours, so it has no prefix.
+
+Keys touched by one script are not hash-tagged: the queue needs a single-node Redis (or Sentinel), as
+the backend's fixed key name rules out Redis Cluster slots anyway (integrations.md §3.1).
+"""
+
+from __future__ import annotations
+
+PREFIX = "shop3d:"
+
+PROCESSING_PATTERN = PREFIX + "processing:*"   # SCAN pattern of every consumer's processing list
+DELAYED_KEY = PREFIX + "delayed"               # ZSET raw message -> unix time it is due again
+DEAD_KEY = PREFIX + "dead"                     # LIST of dead-lettered raw messages, newest on the left
+DEAD_INFO_KEY = PREFIX + "dead:info"           # HASH sha1(raw) -> JSON {job_id, error, attempts, ts, consumer}
+UNDELIVERED_WEBHOOKS_KEY = PREFIX + "webhooks:undelivered"  # LIST of JSON payloads whose delivery finally failed
+
+# Caps of the two lists that have no TTL (their oldest entries are dropped past the cap). sha1 names
+# dead letters because it is what Lua inside Redis can compute, so the trim drops the matching info
+# entry in the same atomic step; it labels entries, it protects nothing.
+DEAD_LETTERS_KEPT = 10_000
+UNDELIVERED_WEBHOOKS_KEPT = 10_000
+
+
+def processing_key(consumer: str) -> str:
+    """The list a consumer's claimed-but-unsettled raw messages sit in."""
+    return f"{PREFIX}processing:{consumer}"
+
+
+def consumer_from_processing_key(key: str) -> str:
+    """Inverse of `processing_key`."""
+    return key.removeprefix(f"{PREFIX}processing:")
+
+
+def heartbeat_key(consumer: str) -> str:
+    """Exists (with a TTL) while the consumer is alive; when it expires, the reapers requeue its list."""
+    return f"{PREFIX}consumer:{consumer}:alive"
+
+
+def job_key(job_id: str) -> str:
+    """The job-state hash (status, stage, progress, attempts, assets, error, timestamps); it has a TTL."""
+    return f"{PREFIX}job:{job_id}"
+
+
+def lock_key(job_id: str) -> str:
+    """Held (`SET NX PX`, value = consumer) while one consumer runs the job, so two replicas never do."""
+    return f"{PREFIX}job:{job_id}:lock"
