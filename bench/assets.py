@@ -23,7 +23,6 @@ import numpy as np
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 
 from pipeline.assets.bundle import export_assets
 from pipeline.assets.formats import ASSET_FORMATS

@@ -21,8 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import reset_peak_rss, rss_bytes  # noqa: E402
+from pipeline.testing.measure import reset_peak_rss, rss_bytes
 
 GIB = 1024 ** 3
 _RESULT = "RESULT "

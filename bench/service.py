@@ -19,20 +19,19 @@ import json
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from pipeline.testing.graph import RAY_ENV, Backend, small_options, wait_for
+from pipeline.testing.matting_model import make_product_photo, write_tiny_matting_onnx
+from pipeline.testing.redis_server import RedisServer
 
-from tests.serve.conftest import RAY_ENV, Backend, small_options, wait_for  # noqa: E402
-from tests.support.matting_model import make_product_photo, write_tiny_matting_onnx  # noqa: E402
-from tests.support.paths import TINY_FIXTURE_DIR  # noqa: E402
-from tests.support.redis_server import RedisServer  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DIR = Path(os.environ.get("SHOP3D_SHARED", REPO.parent / "shared"))
+TINY_FIXTURE_DIR = SHARED_DIR / "triposr" / "fixtures" / "tiny"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -71,24 +70,26 @@ def job_fields(job_id: str, url: str, quality: str) -> dict[str, Any]:
 
 async def in_process(model_dir: Path, matting: Path, backend: Backend, url: str, jobs: int,
                      quality: str) -> list[dict[str, float]]:
-    from pipeline.intake.download import DownloadPolicy, make_http_client
-    from pipeline.jobs.envelopes import Job
-    from pipeline.intake.matting import BackgroundRemover
-    from pipeline.model import load_pretrained
-    from pipeline.run.runner import Services, process_job
     from pipeline.delivery.storage import LocalObjectStore
+    from pipeline.intake.download import DownloadPolicy, make_http_client
+    from pipeline.intake.matting import BackgroundRemover
+    from pipeline.jobs.envelopes import Job
+    from pipeline.model import load_pretrained
+    from pipeline.run.runner import Intake, Services, process_job
+    from pipeline.run.stages import JobDefaults
 
     policy = DownloadPolicy(allow_private=True)
     store = LocalObjectStore(backend.storage_dir)
     store.ensure_ready()
-    services = Services(model=load_pretrained(model_dir), remover=BackgroundRemover(str(matting)),
-                        http=make_http_client(policy), download_policy=policy, store=store)
+    intake = Intake(BackgroundRemover(str(matting)), make_http_client(policy), policy, max_pixels=40_000_000)
+    services = Services(model=load_pretrained(model_dir), intake=intake, store=store,
+                        defaults=JobDefaults(quality="balanced", formats=("glb", "poster", "report")))
     rows = []
     try:
         for index in range(jobs + 1):   # the first run warms up and is dropped
             started = time.perf_counter()
-            output = await process_job(Job(**job_fields(f"inproc-{index}", url, quality)), services)
-            row = dict(output.timings)
+            result = await process_job(Job(**job_fields(f"inproc-{index}", url, quality)), services)
+            row = dict(result.stats["timings_s"])
             row["total"] = time.perf_counter() - started
             if index:
                 rows.append(row)

@@ -13,7 +13,7 @@ from ray.serve import Application
 from deployments.ingress import Ingress
 from deployments.matting import Matting
 from deployments.publish import Publish
-from deployments.reconstruct import Reconstruct
+from deployments.reconstruct import LiveKnobs, Reconstruct
 from deployments.settings import AppArgs, AppArgsBase, replica_settings
 
 DEPLOYMENTS = {"Ingress": Ingress, "Matting": Matting, "Reconstruct": Reconstruct, "Publish": Publish}
@@ -29,6 +29,8 @@ def build_app(args: AppArgs | Mapping[str, Any],
     unknown = set(options) - set(DEPLOYMENTS)
     if unknown:
         raise ValueError(f"unknown deployments {sorted(unknown)}; expected {sorted(DEPLOYMENTS)}")
+    if "user_config" in options.get("Reconstruct", {}):
+        LiveKnobs(**options["Reconstruct"]["user_config"])   # refuse bad knobs before anything is deployed
 
     def bound(name: str, *init_args: Any) -> Application:
         deployment = DEPLOYMENTS[name]

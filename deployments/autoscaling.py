@@ -33,6 +33,8 @@ def latest_backlog(ctx: AutoscalingContext) -> float:
 
 def backlog_policy(ctx: AutoscalingContext) -> tuple[int, dict[str, Any]]:
     """Serve custom autoscaling policy (`autoscaling_config.policy.policy_function`)."""
+    if ctx.config is None:  # Serve always passes the deployment's autoscaling_config; a caller that does not is wrong
+        raise ValueError("backlog_policy needs the deployment's autoscaling config in its context")
     backlog = latest_backlog(ctx)
     target = ctx.config.get_target_ongoing_requests()
     wanted = desired_replicas(ctx.total_num_requests, backlog, target)

@@ -19,7 +19,7 @@ from ray.serve.handle import DeploymentHandle
 from redis.exceptions import RedisError
 
 from deployments.metrics import IngressMetrics
-from deployments.remote_errors import sort_remote_error
+from deployments.remote_errors import raise_sorted
 from deployments.settings import replica_settings
 from pipeline.errors import JobRejected, TransientError
 from pipeline.jobs.envelopes import Job, validate_job
@@ -86,10 +86,7 @@ class Ingress:
         except TimeoutError:
             raise TransientError("job_timeout", f"no result within {self.settings.job_timeout_s:.0f}s") from None
         except Exception as exc:
-            known = sort_remote_error(exc)
-            if known is None:
-                raise
-            raise known from exc
+            raise_sorted(exc)
 
     async def _observe_queue(self) -> None:
         while True:

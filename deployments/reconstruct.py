@@ -2,7 +2,7 @@
 
 `@serve.batch` gathers concurrent requests into one TripoSR forward (max_ongoing_requests must be at
 least the batch size, or batches stay at 1); batch size, wait, chunk size and extraction method are
-live-tunable through `user_config`, validated whole before any is applied. Each replica also reports
+live-tunable through `user_config`, validated whole before any is applied (a bad one is refused). Each replica also reports
 the Redis backlog as a custom autoscaling metric, which `deployments.autoscaling.backlog_policy` turns
 into a replica count.
 """
@@ -61,18 +61,25 @@ class Reconstruct:
         self.progress = ProgressRecorder(settings.redis_url)
         self.timer = StageTimer()
         self.knobs = LiveKnobs(chunk_size=settings.chunk_size)
+        self.refused: str | None = None   # why the last user_config was refused, if it was
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Apply live knobs (chunk_size defaults to the CHUNK_SIZE setting); a bad config raises, so Serve
-        reports the deploy as failed, and changes nothing here."""
+        """Apply live knobs (chunk_size defaults to the CHUNK_SIZE setting), validated whole first.
+
+        A bad config is refused and never raises: Serve would stop the replica (and fail its jobs) or a new
+        replica would not start. The replica keeps its knobs, logs the refusal and reports it in `ready()`
+        (so /health shows it); `serve_config.yaml`'s knobs are checked against LiveKnobs by the tests.
+        """
         try:
             knobs = LiveKnobs(**{"chunk_size": self.settings.chunk_size, **user_config})
         except ValidationError as exc:
-            raise ValueError(f"Reconstruct user_config refused: {exc.errors(include_url=False)}") from None
+            self.refused = f"user_config {user_config!r} refused: {exc.errors(include_url=False)}"
+            logger.error("Reconstruct keeps %s; %s", self.knobs.model_dump(), self.refused)
+            return
         self._reconstruct_batch.set_max_batch_size(knobs.max_batch_size)
         self._reconstruct_batch.set_batch_wait_timeout_s(knobs.batch_wait_timeout_s)
         self.model.chunk_size = knobs.chunk_size
-        self.knobs = knobs
+        self.knobs, self.refused = knobs, None
 
     async def reconstruct(self, job: Job, prepared: stages.Prepared) -> stages.Reconstructed:
         """One job's mesh (and its colour field when a texture will be baked); raises its Shop3dError."""
@@ -100,7 +107,7 @@ class Reconstruct:
 
     def ready(self) -> dict[str, Any]:
         return {"device": str(self.model.device), "autocast": str(self.model.autocast_dtype),
-                "knobs": self.knobs.model_dump()}
+                "knobs": self.knobs.model_dump(), "knobs_refused": self.refused}
 
     def settings_in_effect(self) -> dict[str, Any]:
         """This replica's non-secret settings, as operators (and the settings test) see them."""

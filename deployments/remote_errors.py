@@ -7,6 +7,8 @@ a TransientError("worker_lost"), so the queue retries the job instead of dead-le
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 from ray import exceptions as ray_exceptions
 from ray.serve import exceptions as serve_exceptions
 
@@ -37,3 +39,12 @@ def sort_remote_error(exc: BaseException) -> Shop3dError | None:
             return TransientError("worker_lost", f"a pipeline replica was lost ({type(current).__name__})")
         current = getattr(current, "cause", None) or current.__cause__
     return None
+
+
+def raise_sorted(exc: BaseException) -> NoReturn:
+    """Raise the sorted error chained to `exc`, or `exc` itself unchanged when it is not recognised (never an
+    exception caused by itself)."""
+    known = sort_remote_error(exc)
+    if known is None:
+        raise exc
+    raise known from exc

@@ -76,7 +76,8 @@ def reconstruct_meshes(model: TripoSR, framed_images: Sequence[np.ndarray], reso
         raise JobRejected("model_failed", f"TripoSR forward failed ({type(exc).__name__})") from exc
     forward_s = time.perf_counter() - started
     results: list[Reconstruction | Shop3dError] = []
-    for scene_code, resolution, threshold, with_field in zip(scene_codes, resolutions, levels, wants_field):
+    for scene_code, resolution, threshold, with_field in zip(scene_codes, resolutions, levels, wants_field,
+                                                             strict=True):
         try:
             mesh, stats = extract_mesh_with_stats(model, scene_code, resolution, threshold,
                                                   method=method, chunk_size=chunk_size)

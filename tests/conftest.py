@@ -10,9 +10,9 @@ from typing import Iterator
 import pytest
 import redis
 
-from tests.support.http_server import LocalHTTPServer
+from pipeline.testing.http_server import LocalHTTPServer
 from tests.support.paths import TINY_FIXTURE_DIR
-from tests.support.redis_server import RedisServer
+from pipeline.testing.redis_server import RedisServer
 
 
 @pytest.fixture(scope="session")

@@ -15,8 +15,8 @@ import pytest
 
 from pipeline.assets.validation import validate_glb
 from tests.test_export import load_glb
-from tests.support.http_server import LocalHTTPServer
-from tests.support.matting_model import make_product_photo, write_tiny_matting_onnx
+from pipeline.testing.http_server import LocalHTTPServer
+from pipeline.testing.matting_model import make_product_photo, write_tiny_matting_onnx
 
 SHOP3D = [sys.executable, "-m", "pipeline.cli"]
 
@@ -37,6 +37,7 @@ def test_generate_from_url_writes_a_valid_upright_coloured_glb(tiny_fixture_dir:
     done = subprocess.run([*SHOP3D, "generate", url, "--quality", "fast", "--out", str(out), "--no-progress"],
                           env=_env(tiny_fixture_dir, tmp_path), cwd=tmp_path, capture_output=True, timeout=300)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "u2net"]   # no stray ./storage beside them
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary == json.loads(done.stdout)

@@ -14,9 +14,9 @@ import httpx
 import pytest
 import redis
 
-from tests.serve.conftest import RAY_ENV, Backend, wait_for
-from tests.support.matting_model import make_product_photo, write_tiny_matting_onnx
-from tests.support.redis_server import free_port
+from pipeline.testing.graph import RAY_ENV, Backend, wait_for
+from pipeline.testing.matting_model import make_product_photo, write_tiny_matting_onnx
+from pipeline.testing.redis_server import free_port
 
 pytestmark = pytest.mark.ray
 

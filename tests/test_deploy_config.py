@@ -8,15 +8,12 @@ instance is started: validation, the app builder and the launcher checks all run
 
 from __future__ import annotations
 
-import ast
 import copy
 import importlib
-import inspect
 import re
-import textwrap
 from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import pytest
 import ray
@@ -32,7 +29,7 @@ from ray.serve.schema import (DeploymentSchema, HTTPOptionsSchema, LoggingConfig
 from deployments.app import DEPLOYMENTS, build_app
 from deployments.autoscaling import backlog_policy
 from deployments.settings import AppArgs
-from pipeline.isosurface.extraction import ExtractionMethod
+from deployments.reconstruct import LiveKnobs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SERVE_CONFIG = REPO_ROOT / "serve_config.yaml"
@@ -202,33 +199,23 @@ def test_serve_calls_the_builder_with_validated_args(monkeypatch: pytest.MonkeyP
         call_builder(builder, {**app["args"], "queue_nam": "celery"})
 
 
-def keys_read_from_user_config(method: Callable[..., Any]) -> set[str]:
-    """String keys a `reconfigure(self, user_config)` reads: `user_config.get("k", ...)` or `user_config["k"]`."""
-    parameter = list(inspect.signature(method).parameters)[1]
-    keys: set[str] = set()
-    for node in ast.walk(ast.parse(textwrap.dedent(inspect.getsource(method)))):
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
-                and isinstance(node.func.value, ast.Name) and node.func.value.id == parameter
-                and node.args and isinstance(node.args[0], ast.Constant)):
-            keys.add(str(node.args[0].value))
-        elif (isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id == parameter
-              and isinstance(node.slice, ast.Constant)):
-            keys.add(str(node.slice.value))
-    return keys
-
-
 @pytest.mark.parametrize("kind", ["production", "local"])
-def test_user_config_is_what_reconstruct_reconfigure_reads(kind: str) -> None:
+def test_user_config_passes_reconstructs_live_knobs(kind: str) -> None:
+    """The replica would refuse (and log) a bad user_config at run time; catch it before deploying."""
     reconstruct = deployment(load_serve_config(kind), "Reconstruct")
     user_config = reconstruct["user_config"]
-    reconfigure = DEPLOYMENTS["Reconstruct"].func_or_class.reconfigure  # type: ignore[attr-defined]
-    assert set(user_config) == keys_read_from_user_config(reconfigure)
-    assert isinstance(user_config["max_batch_size"], int) and user_config["max_batch_size"] >= 1
-    assert isinstance(user_config["chunk_size"], int) and user_config["chunk_size"] >= 0
-    assert user_config["batch_wait_timeout_s"] >= 0
-    assert user_config["extraction"] in get_args(ExtractionMethod)
+    knobs = LiveKnobs(**user_config)
+    assert set(user_config) == set(LiveKnobs.model_fields)
     # with fewer ongoing requests than the batch size, @serve.batch only ever forms batches of one
-    assert reconstruct["max_ongoing_requests"] >= user_config["max_batch_size"]
+    assert reconstruct["max_ongoing_requests"] >= knobs.max_batch_size
+
+
+@pytest.mark.parametrize("bad", [{"extraction": "bogus"}, {"chunk_size": -1}, {"max_batch_size": 0},
+                                 {"batch_wait_timeout_s": -0.1}, {"max_batch": 4}])
+def test_bad_live_knobs_are_refused_before_deploying(bad: dict[str, Any]) -> None:
+    options = {"Reconstruct": {"user_config": {"max_batch_size": 2, **bad}}}
+    with pytest.raises(ValueError):
+        build_app(AppArgs(), options)
 
 
 @pytest.mark.parametrize("kind", ["production", "local", "kuberay"])

@@ -18,8 +18,8 @@ import pytest
 
 from pipeline.intake.download import DownloadPolicy, allow_only_addresses, fetch_image, make_http_client
 from pipeline.errors import JobRejected, Shop3dError, TransientError
-from tests.support.http_server import LocalHTTPServer, Response
-from tests.support.redis_server import free_port
+from pipeline.testing.http_server import LocalHTTPServer, Response
+from pipeline.testing.redis_server import free_port
 
 PNG_BYTES = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
 

@@ -18,9 +18,9 @@ from pipeline.errors import JobRejected, Shop3dError, TransientError
 from pipeline.intake.images import decode_image, frame_foreground
 from pipeline.intake.selection import SelectedImage, select_image
 from pipeline.intake.matting import BackgroundRemover
-from tests.support.http_server import LocalHTTPServer
-from tests.support.matting_model import make_product_photo, make_tiny_remover
-from tests.support.redis_server import free_port
+from pipeline.testing.http_server import LocalHTTPServer
+from pipeline.testing.matting_model import make_product_photo, make_tiny_remover
+from pipeline.testing.redis_server import free_port
 
 LIMIT = 40_000_000
 

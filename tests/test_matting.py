@@ -13,8 +13,8 @@ import pytest
 from pipeline.errors import JobRejected
 from pipeline.intake.images import decode_image, frame_foreground
 from pipeline.intake.matting import BackgroundRemover, MattingModelError
-from tests.support.matting_model import make_product_photo, make_tiny_remover, write_tiny_matting_onnx
-from tests.support.redis_server import free_port
+from pipeline.testing.matting_model import make_product_photo, make_tiny_remover, write_tiny_matting_onnx
+from pipeline.testing.redis_server import free_port
 
 LIMIT = 40_000_000
 

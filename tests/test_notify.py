@@ -1,6 +1,6 @@
 """pipeline.delivery.webhooks: payloads, Standard Webhooks signatures (checked with the `standardwebhooks` library)
 and WebhookSender's retry rules against a real local HTTP server. Delays are recorded by an injected
-sleep, never waited for or timed."""
+sleep, never waited for, except in the deadline tests, which time real waits."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 from pydantic import SecretStr
-from standardwebhooks import Webhook
+from standardwebhooks import Webhook, WebhookVerificationError
 
 from pipeline.delivery import webhooks as notify
-from pipeline.errors import JobRejected
-from tests.support.http_server import LocalHTTPServer, Request, Response
-from tests.support.redis_server import free_port
+from pipeline.errors import JobRejected, is_retryable_status
+from pipeline.testing.http_server import LocalHTTPServer, Request, Response
+from pipeline.testing.redis_server import free_port
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 JOB_ID = "5f1c2a9e-3b7d-4c1e-9a0f-2d6b8e4c1a77"
@@ -102,12 +102,23 @@ def test_sign_matches_the_standardwebhooks_library() -> None:
         "msg_1", datetime.fromtimestamp(1, tz=timezone.utc), body.decode())
 
 
-def test_verify_signature_accepts_rotation_and_rejects_tampering() -> None:
-    body = b'{"a":1}'
-    good = notify.sign(SECRET, "msg_1", 10, body)
-    assert notify.verify_signature(SECRET, "msg_1", 10, body, f"v1,bm90LWl0 {good}")
-    assert not notify.verify_signature(SECRET, "msg_1", 10, b'{"a":2}', good)
-    assert not notify.verify_signature(SECRET, "msg_1", 11, body, good)
+def test_receiver_rejects_a_tampered_body_or_timestamp() -> None:
+    body = notify.encode_payload(payload())
+    now = int(time.time())
+    headers = {"webhook-id": "msg_1", "webhook-timestamp": str(now),
+               "webhook-signature": f"v1,bm90LWl0 {notify.sign(SECRET, 'msg_1', now, body)}"}  # rotation: 2 entries
+    assert Webhook(SECRET).verify(body, headers) == json.loads(body)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(SECRET).verify(body.replace(b"demo", b"evil"), headers)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(SECRET).verify(body, {**headers, "webhook-timestamp": str(now + 1)})
+
+
+def test_one_retryable_status_rule() -> None:
+    assert [code for code in (200, 302, 400, 404, 408, 425, 429, 500, 503, 599, 600) if is_retryable_status(code)] \
+        == [408, 425, 429, 500, 503, 599]
+    assert is_retryable_status("503") and is_retryable_status("429") and not is_retryable_status("409")
+    assert not is_retryable_status("not a status")
 
 
 def test_delivery_is_signed_and_verifies_at_the_receiver(http_server: LocalHTTPServer) -> None:
@@ -140,13 +151,43 @@ def test_retries_on_500_then_succeeds_with_jittered_backoff(http_server: LocalHT
     assert len(ids) == 1  # every retry reuses the webhook-id
 
 
-def test_retry_after_is_honoured_and_capped(http_server: LocalHTTPServer) -> None:
+def test_retry_after_is_honoured_within_the_deadline(http_server: LocalHTTPServer) -> None:
     http_server.route("/hook", Replies(Response(429, headers={"Retry-After": "7"}),
-                                       Response(503, headers={"Retry-After": "86400"}), Response(200)))
+                                       Response(503, headers={"Retry-After": "45"}), Response(200)))
     sleep = RecordedSleep()
-    result = asyncio.run(sender(http_server.url("/hook"), sleep).deliver(payload()))
+    result = asyncio.run(sender(http_server.url("/hook"), sleep, deadline_s=60.0).deliver(payload()))
     assert result.delivered and result.attempts == 3
-    assert sleep.delays == [7.0, 30.0]
+    assert sleep.delays == [7.0, 45.0]   # the server's wish, beyond max_delay_s, since it fits the deadline
+
+
+def test_retry_after_beyond_the_deadline_ends_the_delivery_at_once(http_server: LocalHTTPServer) -> None:
+    http_server.route("/hook", Replies(Response(503, headers={"Retry-After": "3600"}), Response(200)))
+    hook = notify.WebhookSender(http_server.url("/hook"), SecretStr(SECRET), max_attempts=6, deadline_s=2.0)
+    started = time.monotonic()
+    result = asyncio.run(hook.deliver(payload()))
+    assert time.monotonic() - started < 1.5   # not waited for at all
+    assert result == notify.DeliveryResult(False, 1, 503, "HTTP 503")
+    assert len(http_server.requests) == 1
+
+
+def test_a_stalled_receiver_is_cut_off_at_the_deadline(http_server: LocalHTTPServer) -> None:
+    http_server.route("/hook", Replies(Response(200), stall_first_s=3.0))
+    hook = notify.WebhookSender(http_server.url("/hook"), None, max_attempts=6, deadline_s=1.0, timeout=10.0)
+    started = time.monotonic()
+    result = asyncio.run(hook.deliver(payload()))
+    assert time.monotonic() - started < 2.0   # the 10 s request timeout did not apply; the deadline did
+    assert (result.delivered, result.attempts, result.error) == (False, 1, "DeadlineExceeded")
+
+
+def test_the_deadline_bounds_the_sum_of_jittered_waits(http_server: LocalHTTPServer) -> None:
+    http_server.route("/hook", Replies(Response(500)))
+    hook = notify.WebhookSender(http_server.url("/hook"), None, max_attempts=50, deadline_s=1.0,
+                                base_delay_s=0.05, max_delay_s=0.2)
+    started = time.monotonic()
+    result = asyncio.run(hook.deliver(payload()))
+    assert time.monotonic() - started < 1.5
+    assert not result.delivered and 2 <= result.attempts < 50
+    assert result.error in ("HTTP 500", "DeadlineExceeded")   # the last try may be the one cut off
 
 
 def test_no_retry_on_400(http_server: LocalHTTPServer) -> None:

@@ -167,7 +167,9 @@ def test_headless_gl_is_available_here() -> None:
 
 @pytest.mark.parametrize("model", ["box", "ellipsoid", "textured"])
 def test_gl_and_numpy_renderers_draw_the_same_picture(model: str, ellipsoid: MeshArrays) -> None:
-    chosen = {"box": coloured_box(), "ellipsoid": ellipsoid, "textured": bake_texture(ellipsoid, 512)}[model]
+    models: dict[str, MeshArrays | TexturedMesh] = {"box": coloured_box(), "ellipsoid": ellipsoid,
+                                                    "textured": bake_texture(ellipsoid, 512)}
+    chosen = models[model]
     gl = draw(chosen, 128, renderer="gl").astype(np.int64)
     numpy = draw(chosen, 128, renderer="software").astype(np.int64)
     assert np.mean(gl[..., 3] != numpy[..., 3]) < 0.002  # a few silhouette pixels may round differently

@@ -23,13 +23,12 @@ from celery import Celery
 
 from pipeline.errors import JobRejected, TransientError
 from pipeline.jobs.envelopes import Job, to_queue_message, validate_job
-from pipeline.jobs.state import (JobResult, get_job_state, mark_completed, mark_failed, record_progress,
-                                record_queued)
-from pipeline.queue.consumer import (Claim, ClaimLost, QueueConfig, ReliableQueue, connect, dead_letter_count, dead_letters,
-                            delayed_count, enqueue, processing_count, queue_depth, submit_job)
+from pipeline.jobs.state import CLAIMS_FIELD, JobResult, get_job_state, record_progress, record_queued
+from pipeline.queue.consumer import (Claim, ClaimLost, QueueConfig, ReliableQueue, connect, dead_letter_count,
+                                     dead_letters, enqueue, queue_depth, submit_job)
 from pipeline.queue.config import retry_delay
-from pipeline.jobs.keys import ATTEMPTS_KEY, heartbeat_key, lock_key, processing_key
-from tests.support.redis_server import RedisServer
+from pipeline.jobs.keys import DELAYED_KEY, PROCESSING_PATTERN, heartbeat_key, job_key, lock_key, processing_key
+from pipeline.testing.redis_server import RedisServer
 
 QUEUE = "celery"
 CONFIG = QueueConfig(max_attempts=3, block_s=0.2, heartbeat_ttl_s=1.0, reap_interval_s=0.1, retry_base_s=0.5,
@@ -115,6 +114,19 @@ async def drain(queue: ReliableQueue, handle: Callable[[Job], Awaitable[JobResul
             continue
 
 
+async def delayed_count(client: aioredis.Redis) -> int:
+    return int(await client.zcard(DELAYED_KEY))
+
+
+async def processing_count(client: aioredis.Redis) -> int:
+    return sum([int(await client.llen(key)) async for key in client.scan_iter(match=PROCESSING_PATTERN)])
+
+
+async def claims_counted(client: aioredis.Redis, job: Job) -> bool:
+    """Whether the queue's attempt counter of `job` is still set (it is cleared when the job settles)."""
+    return bool(await client.hexists(job_key(job.job_id), CLAIMS_FIELD))
+
+
 async def all_settled(client: aioredis.Redis) -> bool:
     return (await queue_depth(client, QUEUE) == 0 and await delayed_count(client) == 0
             and await processing_count(client) == 0)
@@ -136,6 +148,7 @@ def test_jobs_are_taken_fifo_from_the_right_and_completed(redis_url: str) -> Non
                 assert await client.get(lock_key(job.job_id)) == b"worker-a"
                 state = await get_job_state(client, job.job_id)
                 assert state is not None and state["status"] == "processing" and state["consumer"] == "worker-a"
+                assert state[CLAIMS_FIELD] == 1 and await client.ttl(job_key(job.job_id)) > 0
                 await record_progress(client, job.job_id, stage="reconstruct", progress=40)
                 assert (await get_job_state(client, job.job_id) or {})["progress"] == 40
                 assert queue.owns(claim)
@@ -148,8 +161,8 @@ def test_jobs_are_taken_fifo_from_the_right_and_completed(redis_url: str) -> Non
                 assert state["assets"] == dict(RESULT.assets) and state["stats"] == dict(RESULT.stats)
                 assert state["created_at"] <= state["updated_at"] == state["finished_at"]
                 assert await client.exists(lock_key(job.job_id)) == 0
+                assert not await claims_counted(client, job)
             assert await all_settled(client)
-            assert await client.hlen(ATTEMPTS_KEY) == 0
             assert await queue.claim() is None   # an empty queue answers None after block_s
 
     run(scenario())
@@ -273,7 +286,7 @@ def test_attempts_exhausted_by_crashes_dead_letters_with_reason(redis_url: str) 
             state = await get_job_state(client, job.job_id)
             assert state is not None and state["status"] == "failed"
             assert state["error"]["code"] == "attempts_exhausted" and "finished_at" in state
-            assert await client.hlen(ATTEMPTS_KEY) == 0
+            assert not await claims_counted(client, job)
             assert await all_settled(client)
 
     run(scenario())
@@ -458,7 +471,7 @@ def test_graceful_stop_hands_an_unstarted_job_back(redis_url: str) -> None:
             assert await client.lrange(QUEUE, 0, -1) == [claim.raw]
             assert await processing_count(client) == 0
             assert await client.exists(lock_key(job.job_id)) == 0
-            assert await client.hlen(ATTEMPTS_KEY) == 0   # a hand-back is not an attempt
+            assert not await claims_counted(client, job)   # a hand-back is not an attempt
             state = await get_job_state(client, job.job_id)
             assert state is not None and state["status"] == "queued" and state["stage"] == "requeued"
             async with consumer(redis_url, "worker-b") as staying:
@@ -559,13 +572,44 @@ def test_redis_restart_mid_run_loses_nothing(tmp_path: Path, outage_s: float) ->
         server.stop()
 
 
+def test_reaper_survives_an_oserror_and_keeps_reaping(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """REDIS_DOWN counts a bare OSError as an outage; the reaper loop must outlive one, not die of it."""
+    job = make_job()
+
+    async def scenario() -> None:
+        async with plain_client(redis_url) as client, consumer(redis_url, "worker-a") as queue:
+            upkeep = queue._upkeep
+            reap = upkeep.reap_dead_consumers
+            raised: list[OSError] = []
+
+            async def reap_with_one_reset() -> int:
+                if not raised:
+                    raised.append(ConnectionResetError(104, "Connection reset by peer"))
+                    raise raised[0]
+                return await reap()
+
+            monkeypatch.setattr(upkeep, "reap_dead_consumers", reap_with_one_reset)
+            await eventually(lambda: _true(bool(raised)), "the reaper to meet the OSError")
+            await asyncio.sleep(CONFIG.reap_interval_s * 3)
+            queue.check_health()   # the loop is still alive
+            await client.zadd(DELAYED_KEY, {to_queue_message(job): time.time()})
+            await eventually(lambda: _has_depth(client, 1), "the next passes to promote a due retry")
+            queue.check_health()
+
+    run(scenario())
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
 # ----- job state outside the queue ------------------------------------------------------------------------
 
 def test_job_state_helpers(redis_url: str) -> None:
     job = make_job()
 
     async def scenario() -> None:
-        async with plain_client(redis_url) as client:
+        async with plain_client(redis_url) as client, consumer(redis_url, "worker-a") as queue:
             assert await get_job_state(client, job.job_id) is None
             raw = await submit_job(client, QUEUE, job)
             assert await client.lrange(QUEUE, 0, -1) == [raw]
@@ -573,13 +617,11 @@ def test_job_state_helpers(redis_url: str) -> None:
             assert state is not None and state["status"] == "queued" and state["shop"] == job.shop
             with pytest.raises(ValueError):
                 await record_progress(client, job.job_id, stage="mesh", progress=101)
-            await mark_completed(client, job.job_id, RESULT)
+            await queue.complete(await claim_until(queue, decided), RESULT)
             await record_queued(client, job)   # resubmitting must not undo a completion
             assert (await get_job_state(client, job.job_id) or {})["status"] == "completed"
-            other = make_job()
-            await mark_failed(client, other.job_id, JobRejected("empty_mesh", "no surface"))
-            failed = await get_job_state(client, other.job_id)
-            assert failed is not None and failed["error"] == {"code": "empty_mesh", "message": "no surface"}
-            assert 0 < await client.ttl(f"shop3d:job:{other.job_id}")
+            # Progress for a job with no hash (expired, or never recorded) must not create an immortal one.
+            await record_progress(client, "job-without-state", stage="mesh", progress=50)
+            assert 0 < await client.ttl(job_key("job-without-state")) <= CONFIG.state_ttl_s
 
     run(scenario())

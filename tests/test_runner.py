@@ -16,8 +16,8 @@ from pipeline.run.stages import DONE, STAGE_PROGRESS
 from pipeline.delivery.storage import LocalObjectStore
 from pipeline.assets.validation import validate_glb
 from tests.test_export import load_glb
-from tests.support.http_server import LocalHTTPServer
-from tests.support.matting_model import make_product_photo
+from pipeline.testing.http_server import LocalHTTPServer
+from pipeline.testing.matting_model import make_product_photo
 from tests.support.services import make_services
 
 

@@ -19,7 +19,7 @@ from storage3.exceptions import StorageApiError
 from pipeline.errors import JobRejected, TransientError
 from pipeline.settings import Settings
 from pipeline.delivery.storage import LocalObjectStore, SupabaseObjectStore, make_object_store, object_key, storage_error
-from tests.support.redis_server import free_port
+from pipeline.testing.redis_server import free_port
 from tests.support.supabase_standin import SupabaseStandIn
 
 SERVICE_KEY = "sk-test-ServiceRoleKey-7f3a9c21e5"
@@ -76,12 +76,12 @@ def test_local_store_writes_atomically_and_serves_urls(tmp_path: Path) -> None:
     store.ensure_ready()
     key = object_key(JOB, "model.glb")
     stored = store.put(key, GLB, "model/gltf-binary")
-    assert stored.size == len(GLB) and store.get(key) == GLB and store.exists(key)
+    path = tmp_path / "assets" / key
+    assert stored.size == len(GLB) and path.read_bytes() == GLB
     assert stored.url.startswith("file://") and Path(stored.url.removeprefix("file://")).read_bytes() == GLB
     store.put(key, b"second", "model/gltf-binary")  # a re-run overwrites in place
-    assert store.get(key) == b"second"
-    assert [p.name for p in (tmp_path / "assets" / key).parent.iterdir()] == ["model.glb"]  # no temp files left
-    assert not store.exists(object_key(JOB, "poster.png"))
+    assert path.read_bytes() == b"second"
+    assert [p.name for p in path.parent.iterdir()] == ["model.glb"]  # no temp files left
     with pytest.raises(ValueError):
         store.put("../escape.glb", GLB, "model/gltf-binary")
     with_base = LocalObjectStore(tmp_path, base_url="https://cdn.example.com/assets/")
@@ -101,7 +101,7 @@ def test_supabase_upload_sends_content_type_and_public_url_serves_the_bytes(stan
     store = make_store()
     key = object_key(JOB, "model.glb")
     stored = store.put(key, GLB, "model/gltf-binary")
-    assert stored.size == len(GLB) and store.exists(key) and store.get(key) == GLB
+    assert stored.size == len(GLB) and standin.files[("3d-models", key)].data == GLB
     assert standin.files[("3d-models", key)].content_type == "model/gltf-binary"
     assert stored.url == f"{standin.url}/storage/v1/object/public/3d-models/{key}"
     response = httpx.get(stored.url)  # no auth: a public bucket
@@ -111,20 +111,20 @@ def test_supabase_upload_sends_content_type_and_public_url_serves_the_bytes(stan
     assert upload.headers["x-upsert"] == "true" and upload.headers["authorization"] == f"Bearer {SERVICE_KEY}"
 
 
-def test_supabase_upsert_overwrites(make_store: StoreFactory) -> None:
+def test_supabase_upsert_overwrites(standin: SupabaseStandIn, make_store: StoreFactory) -> None:
     store = make_store()
     key = object_key(JOB, "poster.png")
     store.put(key, b"\x89PNG first", "image/png")
     store.put(key, b"\x89PNG second", "image/png")
-    assert store.get(key) == b"\x89PNG second"
+    assert standin.files[("3d-models", key)].data == b"\x89PNG second"
 
 
-def test_supabase_409_without_upsert_means_already_there(make_store: StoreFactory) -> None:
+def test_supabase_409_without_upsert_means_already_there(standin: SupabaseStandIn, make_store: StoreFactory) -> None:
     store = make_store(upsert=False)
     key = object_key(JOB, "model.glb")
     store.put(key, GLB, "model/gltf-binary")
     again = store.put(key, b"different bytes", "model/gltf-binary")  # HTTP 400 {"statusCode":"409"}
-    assert again.key == key and store.get(key) == GLB
+    assert again.key == key and standin.files[("3d-models", key)].data == GLB
 
 
 def test_supabase_bucket_creation_is_idempotent_with_limits(standin: SupabaseStandIn,
@@ -149,9 +149,9 @@ def test_supabase_permanent_errors_become_storage_failed(make_store: StoreFactor
     assert info.value.code == "storage_failed" and info.value.details["status"] == status
 
 
-@pytest.mark.parametrize("status", [503, 500, 429])
-def test_supabase_5xx_and_429_become_storage_unavailable(standin: SupabaseStandIn, make_store: StoreFactory,
-                                                        status: int) -> None:
+@pytest.mark.parametrize("status", [503, 500, 429, 425, 408])
+def test_supabase_retryable_statuses_become_storage_unavailable(standin: SupabaseStandIn,
+                                                                make_store: StoreFactory, status: int) -> None:
     store = make_store()
     standin.fail_next(status)
     with pytest.raises(TransientError) as info:
@@ -180,11 +180,6 @@ def test_supabase_signed_urls_are_absolute_and_load(standin: SupabaseStandIn, ma
     assert info.value.details["status"] == "404"
 
 
-def test_supabase_exists_on_missing_object(make_store: StoreFactory) -> None:
-    store = make_store()
-    assert store.exists(object_key(JOB, "model.glb")) is False
-
-
 def test_service_role_key_never_in_errors_or_logs(make_store: StoreFactory,
                                                   caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
@@ -192,7 +187,7 @@ def test_service_role_key_never_in_errors_or_logs(make_store: StoreFactory,
     unreachable = make_store(url=f"http://127.0.0.1:{free_port()}", ensure=False)
     texts = [repr(store)]
     for action in (lambda: store.put(object_key(JOB, "model.glb"), GLB, "model/gltf-binary"),
-                   lambda: unreachable.get("a/b.glb")):
+                   lambda: unreachable.put("a/b.glb", GLB, "model/gltf-binary")):
         with pytest.raises((JobRejected, TransientError)) as info:
             action()
         texts += [str(info.value), repr(info.value), str(info.value.to_dict())]

@@ -29,8 +29,8 @@ from pipeline.jobs.keys import job_key
 from pipeline.delivery.reporting import JobReporter
 from pipeline.run.runner import Services, process_job
 from pipeline.run.worker import JobWorker
-from tests.support.http_server import LocalHTTPServer, Request, Response
-from tests.support.matting_model import make_product_photo
+from pipeline.testing.http_server import LocalHTTPServer, Request, Response
+from pipeline.testing.matting_model import make_product_photo
 from tests.support.services import make_services
 from tests.test_images import raw_png
 

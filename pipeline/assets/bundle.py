@@ -18,17 +18,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from pipeline.assets import report as qa
 from pipeline.assets.formats import CONTENT_TYPES, FILENAMES, OutputFormat, resolve_formats
-# Re-exported only until pipeline/run/publish.py imports DEFAULT_FORMATS from pipeline.assets.formats.
-from pipeline.assets.formats import DEFAULT_FORMATS as DEFAULT_FORMATS
 from pipeline.assets.geometry import (
     NATIVE_TO_GLTF,
     Dimensions,
@@ -275,7 +273,8 @@ def export_assets(mesh_native: MeshArrays, preset: Preset, metadata: Mapping[str
                              texture_sizes=textures, validators=verdicts, budgets=budgets,
                              adjustments=run.adjustments, timings_s={**(stage_timings or {}), **run.timings})
     data["report"] = qa.report_json(report)
-    files: dict[str, AssetFile] = {name: AssetFile(name, FILENAMES[name], CONTENT_TYPES[name], data[name]) for name in chosen}
+    files: dict[str, AssetFile] = {name: AssetFile(name, FILENAMES[name], CONTENT_TYPES[name], data[name])
+                                   for name in chosen}
     logger.info("job %s: exported %s (%d faces; %s)", job_id, ", ".join(chosen), mesh.n_faces,
                 ", ".join(f"{name} {len(file.data)} B" for name, file in files.items()))
     return ExportedAssets(files=files, mesh=mesh, stats=stats, report=report)

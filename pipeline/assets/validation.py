@@ -1,21 +1,25 @@
-"""Khronos glTF-Validator from Python: `validate_glb(bytes) -> GltfReport`, via node and tools/validate_gltf.mjs.
+"""Khronos glTF-Validator from Python: `validate_glb(bytes) -> GltfReport`, via node and validate_gltf.mjs.
 
-The official validator exists only as Dart/JS, so it runs as a subprocess; node and the npm package
-`gltf-validator` (package.json, installed by scripts/setup) must be present, else a clear error.
+The official validator exists only as Dart/JS, so it runs as a subprocess: the script ships inside this
+package; the npm package `gltf-validator` is found where npm puts it, by npm's own conventions: a
+`node_modules` in the working directory or one of its parents (a checkout after `npm install`), else the
+global `npm root -g` (an image with `npm install -g gltf-validator`). Missing node or package: a clear
+ValidatorUnavailable, which the QA report records as "unavailable".
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[2]  # pipeline/assets/validation.py -> the checkout
-VALIDATOR_SCRIPT = REPO_ROOT / "tools" / "validate_gltf.mjs"
-VALIDATOR_PACKAGE = REPO_ROOT / "node_modules" / "gltf-validator"
+VALIDATOR_SCRIPT = Path(__file__).with_name("validate_gltf.mjs")
+PACKAGE = "gltf-validator"
 SEVERITIES = {0: "error", 1: "warning", 2: "info", 3: "hint"}
 
 
@@ -47,13 +51,36 @@ class GltfReport:
         return [m.code for m in self.messages if m.severity == severity]
 
 
-def _find_node() -> str:
+def node_modules_candidates(cwd: Path) -> list[Path]:
+    """Local node_modules directories in the order node itself looks: `cwd`, then each parent."""
+    return [directory / "node_modules" for directory in (cwd, *cwd.parents)]
+
+
+@functools.cache
+def _npm_global_root() -> Path | None:
+    npm = shutil.which("npm")
+    if npm is None:
+        return None
+    try:
+        done = subprocess.run([npm, "root", "-g"], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return Path(done.stdout.strip()) if done.returncode == 0 and done.stdout.strip() else None
+
+
+def find_validator() -> tuple[str, Path]:
+    """(node executable, node_modules directory holding gltf-validator); ValidatorUnavailable says what is missing."""
     node = shutil.which("node")
     if node is None:
         raise ValidatorUnavailable("node is not on PATH; install Node.js (scripts/setup uses it for the validator)")
-    if not VALIDATOR_PACKAGE.is_dir():
-        raise ValidatorUnavailable(f"npm package gltf-validator not found at {VALIDATOR_PACKAGE}; run `npm install`")
-    return node
+    found = next((c for c in node_modules_candidates(Path.cwd()) if (c / PACKAGE).is_dir()), None)
+    if found is None:
+        global_root = _npm_global_root()
+        found = global_root if global_root is not None and (global_root / PACKAGE).is_dir() else None
+    if found is None:
+        raise ValidatorUnavailable(f"npm package {PACKAGE} not found in a node_modules above {Path.cwd()} or "
+                                   "in `npm root -g`; run `npm install` (checkout) or `npm install -g gltf-validator`")
+    return node, found
 
 
 def parse_report(report: dict[str, Any]) -> GltfReport:
@@ -72,10 +99,10 @@ def validate_glb(data: bytes, timeout_s: float = 120.0) -> GltfReport:
     Invalid input (including bytes that are not glTF at all) gives a report with errors > 0;
     ValidatorUnavailable means node or the package is missing, or the validator itself failed.
     """
-    node = _find_node()
+    node, modules = find_validator()
     try:
         done = subprocess.run([node, str(VALIDATOR_SCRIPT), "-"], input=data, capture_output=True,
-                              timeout=timeout_s, check=False)
+                              timeout=timeout_s, check=False, env={**os.environ, "SHOP3D_NODE_MODULES": str(modules)})
     except subprocess.TimeoutExpired as exc:
         raise ValidatorUnavailable(f"glTF validator did not finish in {timeout_s:g} s") from exc
     if done.returncode not in (0, 1):

@@ -27,13 +27,12 @@ from storage3.types import CreateOrUpdateBucketOptions, FileOptions
 from storage3.utils import StorageException
 
 from pipeline.assets.formats import CONTENT_TYPES
-from pipeline.errors import JobRejected, Shop3dError, TransientError
+from pipeline.errors import JobRejected, Shop3dError, TransientError, is_retryable_status
 from pipeline.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_FILE_SIZE_LIMIT = 50 * 1024 * 1024   # hosted Supabase Free plan's global cap; presets stay far below
-RETRYABLE_STATUSES = frozenset({"408", "429"})  # plus every 5xx
 _SEGMENT = re.compile(r"^[A-Za-z0-9._:-]+$")
 _FILENAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -58,10 +57,6 @@ class ObjectStore(Protocol):
 
     def url_for(self, key: str) -> str:
         """An absolute URL for `key` (public, or signed with the configured lifetime)."""
-
-    def exists(self, key: str) -> bool: ...
-
-    def get(self, key: str) -> bytes: ...
 
     def close(self) -> None: ...
 
@@ -133,12 +128,6 @@ class LocalObjectStore:
             return f"{self.base_url}/{quote(check_key(key))}"
         return self._path(key).resolve().as_uri()
 
-    def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
-
-    def get(self, key: str) -> bytes:
-        return self._path(key).read_bytes()
-
     def close(self) -> None:
         """Nothing to release."""
 
@@ -160,7 +149,7 @@ def storage_error(exc: Exception, action: str, key: str, secret: str = "") -> Sh
     if isinstance(exc, StorageApiError):
         status = str(exc.status)
         detail = _redact(f"{exc.code}: {exc.message}", secret)[:200]
-        if status in RETRYABLE_STATUSES or status.startswith("5"):
+        if is_retryable_status(status):
             return TransientError("storage_unavailable", f"storage {action} of {key} got {status} ({detail})",
                                   status=status)
         return JobRejected("storage_failed", f"storage {action} of {key} refused with {status} ({detail})",
@@ -246,20 +235,6 @@ class SupabaseObjectStore:
         if not url:
             raise JobRejected("storage_failed", f"storage signing of {key} returned no URL")
         return url
-
-    def exists(self, key: str) -> bool:
-        check_key(key)
-        try:
-            return self._client.from_(self.bucket).exists(key)
-        except _STORAGE_FAILURES as exc:
-            raise self._fail(exc, "lookup", key) from exc
-
-    def get(self, key: str) -> bytes:
-        check_key(key)
-        try:
-            return self._client.from_(self.bucket).download(key)
-        except _STORAGE_FAILURES as exc:
-            raise self._fail(exc, "download", key) from exc
 
     def close(self) -> None:
         self._http.close()

@@ -2,9 +2,10 @@
 
 `build_payload` makes the JSON object (ARCHITECTURE.md "Webhook"), `encode_payload` its exact bytes,
 `sign` the `webhook-signature` over `"{id}.{timestamp}.{body}"`. `WebhookSender.deliver` POSTs with
-retries (exponential backoff, full jitter; 5xx, 408, 425, 429 and network errors; Retry-After
-honoured up to the cap), follows no redirects, and returns a `DeliveryResult` instead of raising, so
-the caller records a delivery that finally failed. The secret is never logged or put in a result.
+tenacity retries (full-jitter exponential backoff; the statuses of `is_retryable_status` and network
+errors; Retry-After honoured) inside one deadline for the whole delivery, follows no redirects, and
+returns a `DeliveryResult` instead of raising, so the caller records a delivery that finally failed.
+The secret is never logged or put in a result.
 """
 
 from __future__ import annotations
@@ -16,25 +17,27 @@ import hashlib
 import hmac
 import json
 import logging
-import random
 import re
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
+from functools import partial
 from typing import Any, Awaitable, Callable, Mapping
 from urllib.parse import urlsplit
 
 import httpx
 from pydantic import SecretStr
+from tenacity import (AsyncRetrying, RetryCallState, retry_if_result, stop_after_attempt, stop_before_delay,
+                      wait_random_exponential)
 
 from pipeline.assets.formats import ASSET_FORMATS
-from pipeline.errors import Shop3dError
+from pipeline.errors import Shop3dError, is_retryable_status
 
 logger = logging.getLogger(__name__)
 
 EVENT_TYPES = {"processing": "job.processing", "completed": "job.completed", "failed": "job.failed"}
-RETRYABLE_STATUSES = frozenset({408, 425, 429})  # plus every 5xx
+DELIVERY_DEADLINE_S = 60.0   # one whole delivery, retries and waits included: how long it may hold a job's slot
 SECRET_PREFIX = "whsec_"
 USER_AGENT = "shop3d-webhooks/1"
 _ID_UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]")
@@ -107,13 +110,6 @@ def sign(secret: str | bytes, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(hmac.new(signing_key(secret), signed, hashlib.sha256).digest()).decode()
 
 
-def verify_signature(secret: str | bytes, msg_id: str, timestamp: int, body: bytes, header: str) -> bool:
-    """True when any `v1,` entry of a `webhook-signature` header matches (constant-time compare)."""
-    expected = sign(secret, msg_id, timestamp, body).encode()
-    return any(hmac.compare_digest(expected, entry.encode())
-               for entry in header.split() if entry.startswith("v1,"))
-
-
 @dataclass(frozen=True)
 class DeliveryResult:
     """How a delivery ended: `error` is a short reason ("HTTP 503", "ConnectTimeout") or None."""
@@ -144,22 +140,47 @@ def _safe_url(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}"
 
 
-class WebhookSender:
-    """Delivers webhooks to one URL. `sleep` and `rng` are injectable so tests see the delays without waiting."""
+@dataclass(frozen=True)
+class _Try:
+    """One POST's outcome: `error` None means delivered; `retry_after` is the server's wish, in seconds."""
 
-    def __init__(self, url: str, secret: SecretStr | None, *, max_attempts: int = 6, base_delay_s: float = 5.0,
-                 max_delay_s: float = 300.0, timeout: float = 10.0,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 rng: random.Random | None = None) -> None:
+    status_code: int | None
+    error: str | None
+    retry_after: float | None = None
+
+    @property
+    def worth_retrying(self) -> bool:
+        return self.error is not None and (self.status_code is None or is_retryable_status(self.status_code))
+
+
+class _Superseded(Exception):
+    """A newer event of the same job made this delivery stale: stop before the next attempt."""
+
+
+def _last_try(state: RetryCallState) -> _Try:
+    """What the last attempt returned (attempts return their failures, so there is always a value)."""
+    if state.outcome is None:
+        raise RuntimeError("no attempt has finished yet")
+    tried: _Try = state.outcome.result()
+    return tried
+
+
+class WebhookSender:
+    """Delivers webhooks to one URL, each delivery within `deadline_s`. `sleep` is injectable so tests
+    see the delays without waiting (the deadline counts real time only)."""
+
+    def __init__(self, url: str, secret: SecretStr | None, *, max_attempts: int = 6,
+                 deadline_s: float = DELIVERY_DEADLINE_S, base_delay_s: float = 5.0, max_delay_s: float = 30.0,
+                 timeout: float = 10.0, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         if urlsplit(url).scheme not in ("http", "https"):
             raise ValueError("webhook URL must be http(s)")
-        if max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
-        self.url, self.max_attempts = url, max_attempts
-        self.base_delay_s, self.max_delay_s = base_delay_s, max_delay_s
+        if max_attempts < 1 or deadline_s <= 0:
+            raise ValueError("max_attempts must be at least 1 and deadline_s positive")
+        self.url, self.max_attempts, self.deadline_s = url, max_attempts, deadline_s
         self.timeout = httpx.Timeout(timeout, connect=min(3.0, timeout))
         self._key = signing_key(secret.get_secret_value()) if secret is not None else None
-        self._sleep, self._rng = sleep, rng or random.Random()
+        self._sleep = sleep
+        self._jitter = wait_random_exponential(multiplier=base_delay_s, max=max_delay_s)
 
     def __repr__(self) -> str:
         return f"WebhookSender(url={_safe_url(self.url)!r}, signed={self._key is not None})"
@@ -172,44 +193,87 @@ class WebhookSender:
             headers["webhook-signature"] = sign(self._key, msg_id, timestamp, body)
         return headers
 
-    def backoff_s(self, attempt: int, retry_after: float | None) -> float:
-        """Delay before attempt `attempt + 1`: Retry-After (capped) if given, else full jitter."""
-        if retry_after is not None:
-            return min(retry_after, self.max_delay_s)
-        return self._rng.uniform(0.0, min(self.max_delay_s, self.base_delay_s * 2 ** (attempt - 1)))
+    def _wait_s(self, state: RetryCallState) -> float:
+        """The server's Retry-After when it sent one, else full jitter under base * 2**(attempt-1), capped."""
+        retry_after = _last_try(state).retry_after
+        return retry_after if retry_after is not None else self._jitter(state)
 
-    async def deliver(self, payload: Mapping[str, Any]) -> DeliveryResult:
-        """POST `payload` until a 2xx, a non-retryable answer, or `max_attempts`; never raises for delivery."""
+    async def deliver(self, payload: Mapping[str, Any], *, deadline_s: float | None = None,
+                      superseded: asyncio.Event | None = None) -> DeliveryResult:
+        """POST `payload` until a 2xx, a non-retryable answer, `max_attempts`, or the deadline (default
+        `self.deadline_s`) would pass; a Retry-After beyond the deadline ends it at once. Once `superseded`
+        is set (a newer event of the job made this one stale), no further attempt starts; one in flight
+        finishes. Never raises for delivery: a failure comes back as the result."""
         body = encode_payload(payload)
         msg_id = webhook_id(str(payload["job_id"]), str(payload["status"]), str(payload["stage"]))
         job_id = payload["job_id"]
-        status_code: int | None = None
-        error: str | None = None
-        async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as client:
-            for attempt in range(1, self.max_attempts + 1):
-                retry_after = None
-                try:
-                    response = await client.post(self.url, content=body,
-                                                 headers=self.headers_for(msg_id, body, int(time.time())))
-                except httpx.TransportError as exc:  # connection refused/reset, DNS, every timeout
-                    status_code, error = None, type(exc).__name__
-                else:
-                    status_code = response.status_code
-                    if 200 <= status_code < 300:
-                        logger.info("job %s: webhook %s delivered to %s (HTTP %d, attempt %d)", job_id, msg_id,
-                                    _safe_url(self.url), status_code, attempt)
-                        return DeliveryResult(True, attempt, status_code, None)
-                    error = f"HTTP {status_code}"
-                    if not (status_code >= 500 or status_code in RETRYABLE_STATUSES):
-                        logger.warning("job %s: webhook %s refused by %s with %s; not retrying", job_id, msg_id,
-                                       _safe_url(self.url), error)
-                        return DeliveryResult(False, attempt, status_code, error)
-                    retry_after = retry_after_seconds(response.headers.get("retry-after"), time.time())
-                if attempt < self.max_attempts:
-                    delay = self.backoff_s(attempt, retry_after)
-                    logger.info("job %s: webhook %s attempt %d failed (%s); retrying in %.1f s", job_id, msg_id,
-                                attempt, error, delay)
-                    await self._sleep(delay)
-        logger.warning("job %s: webhook %s to %s failed after %d attempts (%s)", job_id, msg_id,
-                       _safe_url(self.url), self.max_attempts, error)
-        return DeliveryResult(False, self.max_attempts, status_code, error)
+        budget_s = self.deadline_s if deadline_s is None else deadline_s
+        ends_at = time.monotonic() + budget_s
+        tries: list[_Try] = []
+
+        async def attempt(client: httpx.AsyncClient) -> _Try:
+            if superseded is not None and superseded.is_set():
+                raise _Superseded
+            tries.append(await self._post(client, body, msg_id, ends_at))
+            return tries[-1]
+
+        def log_retry(state: RetryCallState) -> None:
+            logger.info("job %s: webhook %s attempt %d failed (%s); retrying in %.1f s", job_id, msg_id,
+                        state.attempt_number, _last_try(state).error, state.upcoming_sleep)
+
+        retrying = AsyncRetrying(stop=stop_after_attempt(self.max_attempts) | stop_before_delay(budget_s),
+                                 wait=self._wait_s, retry=retry_if_result(lambda tried: tried.worth_retrying),
+                                 sleep=partial(self._pause, superseded=superseded), before_sleep=log_retry,
+                                 retry_error_callback=_last_try)
+        try:
+            async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as client:
+                await retrying(attempt, client)
+        except _Superseded:
+            logger.info("job %s: webhook %s dropped after %d attempt(s): superseded by a newer event", job_id,
+                        msg_id, len(tries))
+            return DeliveryResult(False, len(tries), tries[-1].status_code if tries else None, "superseded")
+        return self._result(str(job_id), msg_id, tries, budget_s)
+
+    def _result(self, job_id: str, msg_id: str, tries: list[_Try], budget_s: float) -> DeliveryResult:
+        """The outcome of the last try, logged once."""
+        last, where = tries[-1], _safe_url(self.url)
+        if last.error is None:
+            logger.info("job %s: webhook %s delivered to %s (HTTP %s, attempt %d)", job_id, msg_id, where,
+                        last.status_code, len(tries))
+        elif not last.worth_retrying:
+            logger.warning("job %s: webhook %s refused by %s with %s; not retrying", job_id, msg_id, where,
+                           last.error)
+        else:
+            logger.warning("job %s: webhook %s to %s failed after %d attempts within %.0f s (%s)", job_id, msg_id,
+                           where, len(tries), budget_s, last.error)
+        return DeliveryResult(last.error is None, len(tries), last.status_code, last.error)
+
+    async def _pause(self, seconds: float, *, superseded: asyncio.Event | None) -> None:
+        """The wait between attempts; it ends early, and ends the delivery, once `superseded` is set."""
+        if superseded is None:
+            await self._sleep(seconds)
+            return
+        sleeping = asyncio.ensure_future(self._sleep(seconds))
+        waiting = asyncio.ensure_future(superseded.wait())
+        try:
+            await asyncio.wait({sleeping, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeping.cancel()
+            waiting.cancel()
+        if superseded.is_set():
+            raise _Superseded
+
+    async def _post(self, client: httpx.AsyncClient, body: bytes, msg_id: str, ends_at: float) -> _Try:
+        """One POST, cut off at the delivery's deadline; network failures are returned, not raised."""
+        try:
+            async with asyncio.timeout(max(0.0, ends_at - time.monotonic())):
+                response = await client.post(self.url, content=body,
+                                             headers=self.headers_for(msg_id, body, int(time.time())))
+        except httpx.TransportError as exc:  # connection refused/reset, DNS, every timeout
+            return _Try(None, type(exc).__name__)
+        except TimeoutError:
+            return _Try(None, "DeadlineExceeded")
+        if 200 <= response.status_code < 300:
+            return _Try(response.status_code, None)
+        retry_after = retry_after_seconds(response.headers.get("retry-after"), time.time())
+        return _Try(response.status_code, f"HTTP {response.status_code}", retry_after)

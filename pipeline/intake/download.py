@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING
 
 import httpx
 from httpx_secure import SSRFProtectionError, httpx_ssrf_protection
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_incrementing
 
-from pipeline.errors import JobRejected, TransientError
+from pipeline.errors import JobRejected, TransientError, is_retryable_status
 from pipeline.intake.urls import AddressValidator, IPAddress, check_url, is_public_address
 
 if TYPE_CHECKING:
@@ -29,8 +30,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 IMAGE_CONTENT_TYPES = frozenset({"image/jpeg", "image/png", "image/webp"})
-# Statuses where the server says "not now" rather than "never": worth another attempt.
-_RETRYABLE_STATUSES = frozenset({408, 425, 429})
 
 
 @dataclass(frozen=True)
@@ -120,18 +119,23 @@ async def fetch_image(client: httpx.AsyncClient, url: str, policy: DownloadPolic
     """
     target = check_url(url, allow_private=policy.allow_private, allow_address=policy.address_validator)
     safe = target.redacted
-    for attempt in range(1, policy.attempts):
-        try:
-            return await _fetch_once(client, target.url, safe, policy)
-        except TransientError as exc:
-            log.info("job %s: image %s attempt %d failed (%s); retrying", job_id, safe, attempt, exc.message)
-            await asyncio.sleep(policy.retry_delay_s * attempt)
+
+    def log_retry(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        log.info("job %s: image %s attempt %d failed (%s); retrying", job_id, safe, state.attempt_number,
+                 getattr(error, "message", type(error).__name__))
+
+    # Quick in-call retries, retry_delay_s * attempt apart; a longer outage is the queue's delayed retry.
+    retrying = AsyncRetrying(retry=retry_if_exception_type(TransientError), stop=stop_after_attempt(policy.attempts),
+                             wait=wait_incrementing(start=policy.retry_delay_s, increment=policy.retry_delay_s),
+                             before_sleep=log_retry, reraise=True)
     try:
-        return await _fetch_once(client, target.url, safe, policy)
+        body: bytes = await retrying(_fetch_once, client, target.url, safe, policy)
     except TransientError as exc:
         log.warning("job %s: image %s unreachable after %d attempts: %s", job_id, safe, policy.attempts,
                     exc.message)
         raise
+    return body
 
 
 async def _fetch_once(client: httpx.AsyncClient, url: str, safe: str, policy: DownloadPolicy) -> bytes:
@@ -166,7 +170,7 @@ async def _fetch_once(client: httpx.AsyncClient, url: str, safe: str, policy: Do
 def _check_response(response: httpx.Response, safe: str, policy: DownloadPolicy) -> None:
     """Refuse by status, content type and announced length before reading the body."""
     status = response.status_code
-    if status >= 500 or status in _RETRYABLE_STATUSES:
+    if is_retryable_status(status):
         raise TransientError("image_unreachable", f"image server answered HTTP {status}: {safe}",
                              url=safe, status=status)
     if status != 200:

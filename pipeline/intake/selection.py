@@ -16,8 +16,8 @@ from typing import Any, Protocol
 import httpx
 import numpy as np
 
-from pipeline.intake.download import DownloadPolicy, fetch_image
 from pipeline.errors import JobRejected, Shop3dError, TransientError
+from pipeline.intake.download import DownloadPolicy, fetch_image
 from pipeline.intake.images import decode_image, frame_foreground
 from pipeline.intake.urls import redact_url
 

@@ -60,7 +60,8 @@ def cells_to_complete_near(values: np.ndarray, queried: np.ndarray, points: np.n
     corners = cells[:, None] + offsets[None]
     below = values.reshape(-1)[corners] < 0
     complete = queried.reshape(-1)[corners].all(axis=1)
-    return cells[below.any(axis=1) & ~below.all(axis=1) & ~complete]
+    straddling: np.ndarray = cells[below.any(axis=1) & ~below.all(axis=1) & ~complete]
+    return straddling
 
 
 def close_surface(sample: CoarseToFineSample, density_at: DensityAt, threshold: float) -> ClosedVolume:

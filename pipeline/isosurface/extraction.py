@@ -76,6 +76,7 @@ def extract_mesh_with_stats(model: DensityField, scene_code: Tensor, resolution:
         raise ValueError(f"threshold must be > 0 (density_act is positive), got {threshold}")
     started = time.perf_counter()
     query = GridQuery(model, scene_code, resolution, chunk_size)
+    strides: tuple[int, ...]
     if method == "dense":
         values = query.dense_density()
         values -= np.float32(threshold)

@@ -43,23 +43,26 @@ def gather_cells(values: np.ndarray, x: np.ndarray, y: np.ndarray, z: np.ndarray
 
 def corner_min(points: np.ndarray) -> np.ndarray:
     """Per cell, the minimum over its 8 corners: (n+1)^3 -> n^3. NaN corners give NaN (unknown cell)."""
-    out = np.minimum(points[:-1], points[1:])
+    out: np.ndarray = np.minimum(points[:-1], points[1:])
     out = np.minimum(out[:, :-1], out[:, 1:])
-    return np.minimum(out[:, :, :-1], out[:, :, 1:])
+    out = np.minimum(out[:, :, :-1], out[:, :, 1:])
+    return out
 
 
 def corner_max(points: np.ndarray) -> np.ndarray:
     """Per cell, the maximum over its 8 corners: (n+1)^3 -> n^3. NaN corners give NaN (unknown cell)."""
-    out = np.maximum(points[:-1], points[1:])
+    out: np.ndarray = np.maximum(points[:-1], points[1:])
     out = np.maximum(out[:, :-1], out[:, 1:])
-    return np.maximum(out[:, :, :-1], out[:, :, 1:])
+    out = np.maximum(out[:, :, :-1], out[:, :, 1:])
+    return out
 
 
 def corner_any(points: np.ndarray) -> np.ndarray:
     """Per cell, whether any of its 8 corners is set: bool (n+1)^3 -> n^3."""
-    out = points[:-1] | points[1:]
+    out: np.ndarray = points[:-1] | points[1:]
     out = out[:, :-1] | out[:, 1:]
-    return out[:, :, :-1] | out[:, :, 1:]
+    out = out[:, :, :-1] | out[:, :, 1:]
+    return out
 
 
 def points_of_cells(cells: np.ndarray) -> np.ndarray:

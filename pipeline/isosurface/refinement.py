@@ -22,15 +22,25 @@ just outside it, and `closure` completes every surface component that touches a 
 
 from __future__ import annotations
 
+import itertools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from scipy.ndimage import maximum_filter
 
-from pipeline.isosurface.lattice import (corner_max, corner_min, dilate_cells, gather_cells, interpolate_axis,
-                                         lattice_indices, level_strides, parent_cells, points_of_cells)
+from pipeline.isosurface.lattice import (
+    corner_max,
+    corner_min,
+    dilate_cells,
+    gather_cells,
+    interpolate_axis,
+    lattice_indices,
+    level_strides,
+    parent_cells,
+    points_of_cells,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +88,8 @@ class CoarseToFineSample:
 def log_ratio(density: np.ndarray, threshold: float) -> np.ndarray:
     """u = ln(density_act / threshold), clamped to +-20; NaN stays NaN. Same sign as density - threshold."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        u = np.log(np.maximum(density, _TINY_DENSITY)) - np.float32(np.log(threshold))
-    return np.clip(u, -_U_CLAMP, _U_CLAMP)
+        u: np.ndarray = np.log(np.maximum(density, _TINY_DENSITY)) - np.float32(np.log(threshold))
+    return u.clip(-_U_CLAMP, _U_CLAMP)
 
 
 def axis_curvature(u: np.ndarray, widths: np.ndarray, axis: int) -> np.ndarray:
@@ -158,7 +168,7 @@ def sample_coarse_to_fine(density_at: DensityAt, resolution: int, threshold: flo
     query_missing(density, density_at, lattice, np.ones((lattice.size,) * 3, dtype=bool))
     estimate = log_ratio(density[np.ix_(lattice, lattice, lattice)], threshold)
     curvature: np.ndarray | None = None
-    for level, (stride, next_stride) in enumerate(zip(strides[:-1], strides[1:])):
+    for level, (stride, next_stride) in enumerate(itertools.pairwise(strides)):
         inherited = None
         if curvature is not None:
             parents = parent_cells(lattice, lattice_indices(resolution, 2 * stride))

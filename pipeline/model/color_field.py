@@ -20,7 +20,6 @@ from pipeline.model.tsr import TripoSR
 from pipeline.presets import DEFAULT_CHUNK_SIZE
 
 
-
 @dataclass(frozen=True)
 class ColorField:
     """Callable: native-frame points (N, 3) float -> colours (N, 3) float32 in [0, 1]."""
@@ -32,7 +31,7 @@ class ColorField:
     density_bias: float
 
     @classmethod
-    def from_model(cls, model: TripoSR, scene_code: Tensor) -> "ColorField":
+    def from_model(cls, model: TripoSR, scene_code: Tensor) -> ColorField:
         state = {k: v.detach().float().cpu().numpy().copy() for k, v in model.decoder.state_dict().items()}
         return cls(scene_code=scene_code.detach().float().cpu().numpy().copy(),
                    decoder_config=model.config.decoder, decoder_state=state,

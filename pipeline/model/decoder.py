@@ -36,11 +36,13 @@ class NeRFMLP(nn.Module):
         self.layers = nn.Sequential(*modules)
 
     def forward(self, features: Tensor) -> Tensor:
-        return self.layers(features)
+        raw: Tensor = self.layers(features)
+        return raw
 
     def hidden_features(self, features: Tensor) -> Tensor:
         """(N, in) -> (N, n_neurons): everything but the last Linear (used to calibrate random weights)."""
-        return self.layers[:-1](features)
+        hidden: Tensor = self.layers[:-1](features)
+        return hidden
 
 
 def plane_lookup_grid(points: Tensor, radius: float) -> Tensor:

@@ -50,7 +50,8 @@ class PatchEmbeddings(nn.Module):
 
     def forward(self, pixels: Tensor) -> Tensor:
         """(B, 3, H, W) -> (B, H/p * W/p, D), row-major over the patch grid."""
-        return self.projection(pixels).flatten(2).transpose(1, 2)
+        patches: Tensor = self.projection(pixels)
+        return patches.flatten(2).transpose(1, 2)
 
 
 class ViTEmbeddings(nn.Module):
@@ -95,7 +96,8 @@ class ViTSelfOutput(nn.Module):
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
 
     def forward(self, hidden: Tensor) -> Tensor:
-        return self.dense(hidden)
+        hidden = self.dense(hidden)
+        return hidden
 
 
 class ViTAttention(nn.Module):
@@ -105,7 +107,9 @@ class ViTAttention(nn.Module):
         self.output = ViTSelfOutput(config)
 
     def forward(self, hidden: Tensor) -> Tensor:
-        return self.output(self.attention(hidden))
+        hidden = self.attention(hidden)
+        hidden = self.output(hidden)
+        return hidden
 
 
 class ViTDense(nn.Module):
@@ -116,7 +120,8 @@ class ViTDense(nn.Module):
         self.dense = nn.Linear(in_features, out_features)
 
     def forward(self, hidden: Tensor) -> Tensor:
-        return self.dense(hidden)
+        hidden = self.dense(hidden)
+        return hidden
 
 
 class ViTLayer(nn.Module):
@@ -132,7 +137,8 @@ class ViTLayer(nn.Module):
 
     def forward(self, hidden: Tensor) -> Tensor:
         hidden = hidden + self.attention(self.layernorm_before(hidden))
-        return hidden + self.output(F.gelu(self.intermediate(self.layernorm_after(hidden))))
+        hidden = hidden + self.output(F.gelu(self.intermediate(self.layernorm_after(hidden))))
+        return hidden
 
 
 class ViTEncoder(nn.Module):
@@ -164,7 +170,8 @@ class ViTModel(nn.Module):
 
     def forward(self, pixels: Tensor) -> Tensor:
         """(B, 3, H, W) normalised -> last hidden state (B, 1 + H/p * W/p, D); the pooler is skipped."""
-        return self.layernorm(self.encoder(self.embeddings(pixels)))
+        last_hidden: Tensor = self.layernorm(self.encoder(self.embeddings(pixels)))
+        return last_hidden
 
 
 class DINOImageTokenizer(nn.Module):
@@ -185,4 +192,5 @@ class DINOImageTokenizer(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) in [0, 1] -> image tokens (B, 1 + H/p * W/p, D), CLS at index 0."""
-        return self.model((images - self.image_mean) / self.image_std)
+        tokens: Tensor = self.model((images - self.image_mean) / self.image_std)
+        return tokens

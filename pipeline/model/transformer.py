@@ -32,7 +32,8 @@ class Attention(nn.Module):
         k = self.to_k(context).unflatten(-1, (self.heads, -1)).transpose(1, 2)
         v = self.to_v(context).unflatten(-1, (self.heads, -1)).transpose(1, 2)
         attended = F.scaled_dot_product_attention(q, k, v)
-        return self.to_out[0](attended.transpose(1, 2).reshape(batch, tokens, -1))
+        projected: Tensor = self.to_out[0](attended.transpose(1, 2).reshape(batch, tokens, -1))
+        return projected
 
 
 class GEGLU(nn.Module):
@@ -43,7 +44,8 @@ class GEGLU(nn.Module):
         self.proj = nn.Linear(dim, inner * 2)
 
     def forward(self, hidden: Tensor) -> Tensor:
-        value, gate = self.proj(hidden).chunk(2, dim=-1)
+        projected: Tensor = self.proj(hidden)
+        value, gate = projected.chunk(2, dim=-1)
         return value * F.gelu(gate)
 
 
@@ -55,7 +57,9 @@ class FeedForward(nn.Module):
         self.net = nn.ModuleList([GEGLU(dim, 4 * dim), nn.Identity(), nn.Linear(4 * dim, dim)])
 
     def forward(self, hidden: Tensor) -> Tensor:
-        return self.net[2](self.net[0](hidden))
+        hidden = self.net[0](hidden)
+        hidden = self.net[2](hidden)
+        return hidden
 
 
 class BasicTransformerBlock(nn.Module):
@@ -73,7 +77,8 @@ class BasicTransformerBlock(nn.Module):
     def forward(self, hidden: Tensor, image_tokens: Tensor) -> Tensor:
         hidden = hidden + self.attn1(self.norm1(hidden))
         hidden = hidden + self.attn2(self.norm2(hidden), image_tokens)
-        return hidden + self.ff(self.norm3(hidden))
+        hidden = hidden + self.ff(self.norm3(hidden))
+        return hidden
 
 
 class Transformer1D(nn.Module):
@@ -91,8 +96,9 @@ class Transformer1D(nn.Module):
         self.proj_out = nn.Linear(inner, config.in_channels)
 
     def forward(self, tokens: Tensor, image_tokens: Tensor) -> Tensor:
-        hidden = self.proj_in(self.norm(tokens).transpose(1, 2))
+        hidden: Tensor = self.proj_in(self.norm(tokens).transpose(1, 2))
         for block in self.transformer_blocks:
             hidden = block(hidden, image_tokens)
+        hidden = self.proj_out(hidden)
         # The residual adds the tokens from before the GroupNorm (SPEC §7.4).
-        return self.proj_out(hidden).transpose(1, 2) + tokens
+        return hidden.transpose(1, 2) + tokens

@@ -47,5 +47,5 @@ class TriplaneUpsampleNetwork(nn.Module):
 
     def forward(self, planes: Tensor) -> Tensor:
         batch = planes.shape[0]
-        upsampled = self.upsample(planes.flatten(0, 1))
-        return upsampled.unflatten(0, (batch, NUM_PLANES))
+        upsampled: Tensor = self.upsample(planes.flatten(0, 1))
+        return torch.unflatten(upsampled, 0, (batch, NUM_PLANES))  # Tensor.unflatten is unannotated

@@ -21,7 +21,6 @@ from pipeline.model.triplane import Triplane1DTokenizer, TriplaneUpsampleNetwork
 from pipeline.presets import DEFAULT_CHUNK_SIZE
 
 
-
 class TripoSR(nn.Module):
     """The TripoSR network with the official module names (its state_dict is the official layout)."""
 
@@ -63,16 +62,19 @@ class TripoSR(nn.Module):
     def tokenize_image(self, pixels: Tensor) -> Tensor:
         """(B, 3, S, S) -> image tokens (B, 1 + (S/p)^2, D_vit)."""
         with self._autocast():
-            return self.image_tokenizer(pixels)
+            image_tokens: Tensor = self.image_tokenizer(pixels)
+        return image_tokens
 
     def run_backbone(self, image_tokens: Tensor) -> Tensor:
         """(B, M, D_vit) image tokens -> triplane tokens (B, C, 3 * plane_size^2), float32."""
         with self._autocast():
-            return self.backbone(self.tokenizer(image_tokens.shape[0]), image_tokens).float()
+            triplane_tokens: Tensor = self.backbone(self.tokenizer(image_tokens.shape[0]), image_tokens)
+        return triplane_tokens.float()
 
     def decode_planes(self, backbone_out: Tensor) -> Tensor:
         """(B, C, 3 * plane_size^2) -> scene codes (B, 3, C_out, 2 * plane_size, 2 * plane_size), float32."""
-        return self.post_processor(self.tokenizer.detokenize(backbone_out.float()))
+        scene_codes: Tensor = self.post_processor(self.tokenizer.detokenize(backbone_out.float()))
+        return scene_codes
 
     @torch.inference_mode()
     def forward(self, images: Tensor) -> Tensor:

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from pipeline.jobs.envelopes import Job, to_queue_message
 from pipeline.jobs.state import record_queued
 from pipeline.queue.config import reply_bytes
-from pipeline.jobs.keys import DEAD_INFO_KEY, DEAD_KEY, DELAYED_KEY, PROCESSING_PATTERN
+from pipeline.jobs.keys import DEAD_INFO_KEY, DEAD_KEY
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class DeadLetter:
     """A dead-lettered raw message and why: {job_id, error {code, message}, attempts, consumer, queue, ts}."""
 
     raw: bytes
-    info: dict[str, Any] | None   # None if the info hash lost it (it is written in the same script)
+    info: dict[str, Any] | None   # None if the info hash lost it (it is written and trimmed in the same script)
 
 
 async def enqueue(redis: aioredis.Redis, queue_name: str, raw: bytes) -> int:
@@ -44,19 +44,6 @@ async def queue_depth(redis: aioredis.Redis, queue_name: str) -> int:
     return int(await redis.llen(queue_name))
 
 
-async def delayed_count(redis: aioredis.Redis) -> int:
-    """Transient failures waiting for their retry time."""
-    return int(await redis.zcard(DELAYED_KEY))
-
-
-async def processing_count(redis: aioredis.Redis) -> int:
-    """Messages claimed by any consumer and not yet settled."""
-    total = 0
-    async for key in redis.scan_iter(match=PROCESSING_PATTERN, count=100):
-        total += int(await redis.llen(key))
-    return total
-
-
 async def dead_letter_count(redis: aioredis.Redis) -> int:
     return int(await redis.llen(DEAD_KEY))
 
@@ -66,5 +53,5 @@ async def dead_letters(redis: aioredis.Redis, limit: int = 100) -> list[DeadLett
     raws = [reply_bytes(raw) for raw in await redis.lrange(DEAD_KEY, 0, limit - 1)]
     if not raws:
         return []
-    infos = await redis.hmget(DEAD_INFO_KEY, [hashlib.sha256(raw).hexdigest() for raw in raws])
+    infos = await redis.hmget(DEAD_INFO_KEY, [hashlib.sha1(raw, usedforsecurity=False).hexdigest() for raw in raws])
     return [DeadLetter(raw=raw, info=json.loads(info) if info else None) for raw, info in zip(raws, infos)]

@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from pipeline.jobs.keys import DEAD_LETTERS_KEPT
 from pipeline.jobs.state import STATE_TTL_S
 
 # What "Redis went away" looks like (refused, reset, timed out, still loading after a restart).
@@ -34,10 +35,11 @@ class QueueConfig:
     reconnect_max_s: float = 5.0     # cap of the backoff while Redis is unreachable
     settle_timeout_s: float = 120.0  # how long complete/fail/release keep retrying through an outage
     state_ttl_s: int = STATE_TTL_S   # lifetime of a job-state hash after its last write
+    dead_letters_kept: int = DEAD_LETTERS_KEPT   # the dead list's cap; the oldest letters are dropped
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
+        if self.max_attempts < 1 or self.dead_letters_kept < 1:
+            raise ValueError("max_attempts and dead_letters_kept must be at least 1")
         for name in ("block_s", "heartbeat_ttl_s", "reap_interval_s", "retry_base_s", "retry_max_s",
                      "lock_retry_s", "reconnect_max_s", "settle_timeout_s"):
             if getattr(self, name) <= 0:

@@ -23,7 +23,6 @@ backs off and returns None; settles retry until config.settle_timeout_s; backgro
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import time
@@ -325,6 +324,9 @@ class ReliableQueue:
         pairs = job_state.flatten(fields)
         args: list[Any] = [mode, raw, job_id, self.consumer_id, self.config.state_ttl_s, due, info,
                            self.config.dead_letters_kept, *pairs]
+        # Hand-rolled rather than tenacity: the loop must report whether a reconnect happened (then a
+        # status 0 means our own earlier try went through) and shares its failure count with claim()'s
+        # backoff, which both log once per outage; threading that through callbacks reads worse.
         deadline = time.monotonic() + self.config.settle_timeout_s
         retried = False
         while True:

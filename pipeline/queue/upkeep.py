@@ -166,7 +166,8 @@ class QueueUpkeep:
             try:
                 await self.run_once()
                 failing = False
-            except RedisError as exc:   # outages and Redis-side refusals (OOM, MISCONF): try again later
+            # Every outage in REDIS_DOWN (a bare OSError included) and Redis-side refusals (OOM, MISCONF).
+            except (RedisError, OSError) as exc:
                 if not failing:
                     log.warning("consumer %s: reaper pass failed (%s)", self.consumer_id, type(exc).__name__)
                 failing = True

@@ -224,6 +224,6 @@ async def publish(job: Job, reconstructed: Reconstructed, store: ObjectStore,
     timings = {**reconstructed.timings, "export": export_s, "upload": time.perf_counter() - started}
     logger.info("job %s: done in %.2fs (%s)", job.job_id, sum(timings.values()),
                 ", ".join(f"{k} {v:.2f}s" for k, v in timings.items()))
-    stats = {**exported.stats.to_dict(), **exported.summary,
+    stats = {"quality": job.quality, "formats": list(job.formats or ()), **exported.stats.to_dict(), **exported.summary,
              "timings_s": {k: round(v, 3) for k, v in timings.items()}, "image": reconstructed.image}
     return JobResult(assets={name: stored.url for name, stored in objects.items()}, stats=stats)

@@ -135,6 +135,13 @@ class JobWorker:
             self.metrics.job_finished(outcome, time.perf_counter() - started)
 
     async def _run(self, claim: Claim, job: Job) -> str:
+        """One attempt; however it ends (a retry, a lost claim, a hand-back too) its `processing` news is stale."""
+        try:
+            return await self._attempt(claim, job)
+        finally:
+            self.reporter.supersede_processing(job.job_id)
+
+    async def _attempt(self, claim: Claim, job: Job) -> str:
         """Execute (unless a previous attempt already did), report, ack; failures go to `queue.fail`."""
         try:
             result = await self.reporter.recorded_result(job.job_id)

@@ -18,19 +18,11 @@ from typing import Any
 
 import pytest
 
-from tests.support.http_server import LocalHTTPServer, Request, Response
-from tests.support.matting_model import write_tiny_matting_onnx
+from pipeline.testing.graph import RAY_ENV, Backend
+from pipeline.testing.matting_model import write_tiny_matting_onnx
 from tests.support.paths import TINY_FIXTURE_DIR
-from tests.support.redis_server import RedisServer, free_port
+from pipeline.testing.redis_server import RedisServer, free_port
 
-RAY_ENV = {
-    "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0",
-    "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
-    "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
-    "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "500",
-    "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-}
-SMALL_CPU = {"num_cpus": 0.05}
 
 
 @dataclass(frozen=True)
@@ -66,44 +58,6 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster
         os.environ.update(saved)
 
 
-def small_options(**reconstruct: Any) -> dict[str, dict[str, Any]]:
-    """Deployment options for a 2-core CI machine: tiny CPU shares, one replica per CPU stage."""
-    fixed = {"min_replicas": 1, "max_replicas": 1}
-    return {
-        "Ingress": {"ray_actor_options": SMALL_CPU, "health_check_period_s": 1},
-        "Matting": {"ray_actor_options": SMALL_CPU, "autoscaling_config": fixed},
-        "Reconstruct": {"ray_actor_options": {**SMALL_CPU, "num_gpus": 0.25}, **reconstruct},
-        "Publish": {"ray_actor_options": SMALL_CPU, "autoscaling_config": fixed},
-    }
-
-
-class Backend:
-    """A real local HTTP server standing in for the shop's backend (/hooks) that also serves the
-    local object store (/objects/...) so webhook GLB URLs can be fetched."""
-
-    def __init__(self, storage_dir: Path) -> None:
-        self.storage_dir = storage_dir
-        self.server = LocalHTTPServer().start()
-        self.server.route("/hooks", lambda _r: Response(200, b"ok"))
-        self.server.route_prefix("/objects/", self._serve_object)
-
-    def _serve_object(self, request: Request) -> Response:
-        path = self.storage_dir / request.path.removeprefix("/objects/")
-        if not path.is_file():
-            return Response(404, b"")
-        return Response(200, path.read_bytes(), {"Content-Type": "model/gltf-binary"})
-
-    def events(self, job_id: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
-        import json
-
-        bodies = [json.loads(r.body) for r in list(self.server.requests) if r.path == "/hooks"]
-        return [b for b in bodies if (job_id is None or b["job_id"] == job_id)
-                and (status is None or b["status"] == status)]
-
-    def stop(self) -> None:
-        self.server.stop()
-
-
 def app_args(cluster: RayCluster, redis_url: str, backend: Backend, **overrides: Any) -> Any:
     from deployments.settings import AppArgs
 
@@ -115,14 +69,6 @@ def app_args(cluster: RayCluster, redis_url: str, backend: Backend, **overrides:
         heartbeat_ttl_s=4, retry_base_s=0.5, max_attempts=4, max_inflight=4)
     values.update(overrides)
     return AppArgs(**values)
-
-
-def wait_for(check: Callable[[], bool], what: str, timeout_s: float = 120.0, every_s: float = 0.25) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        time.sleep(every_s)
 
 
 def replica_states(app: str, deployment: str) -> dict[str, int]:

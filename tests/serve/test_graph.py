@@ -18,9 +18,10 @@ import pytest
 import redis
 from celery import Celery
 
-from tests.serve.conftest import Backend, RayCluster, app_args, small_options, wait_for
-from tests.support.matting_model import make_product_photo
-from tests.support.redis_server import RedisServer, free_port
+from pipeline.testing.graph import Backend, small_options, wait_for
+from tests.serve.conftest import RayCluster, app_args
+from pipeline.testing.matting_model import make_product_photo
+from pipeline.testing.redis_server import RedisServer, free_port
 
 pytestmark = pytest.mark.ray
 APP = "shop3d"
@@ -132,6 +133,7 @@ def test_http_routes_health_enqueue_and_job_state(graph: Graph) -> None:
     graph.wait_status("g-http", "completed")
     state = httpx.get(f"{graph.base_url}/jobs/g-http", timeout=10).json()
     assert state["status"] == "completed" and state["assets"]["glb"].endswith("/g-http/model.glb")
+    assert state["result"]["assets"] == state["assets"]   # the recorded result is JSON, not a JSON string
 
     invalid = httpx.post(f"{graph.base_url}/jobs", json={"job_id": "x"}, timeout=10)
     assert invalid.status_code == 422 and invalid.json()["detail"]["code"] == "invalid_job"

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.serve.conftest import (Backend, RayCluster, app_args, replica_pids, running_replicas, small_options,
-                                  wait_for)
+from pipeline.testing.graph import Backend, small_options, wait_for
+from tests.serve.conftest import RayCluster, app_args, replica_pids, running_replicas
 from tests.serve.test_graph import job_fields, readme_message
-from tests.support.matting_model import make_product_photo
-from tests.support.redis_server import RedisServer
+from pipeline.testing.matting_model import make_product_photo
+from pipeline.testing.redis_server import RedisServer
 
 pytestmark = pytest.mark.ray
 APP = "shop3d-resilience"

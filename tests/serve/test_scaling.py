@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.serve.conftest import (SMALL_CPU, Backend, RayCluster, app_args, replica_states, running_replicas,
-                                  small_options, wait_for)
+from pipeline.testing.graph import SMALL_CPU, Backend, small_options, wait_for
+from tests.serve.conftest import RayCluster, app_args, replica_states, running_replicas
 from tests.serve.test_graph import job_fields, readme_message
-from tests.support.matting_model import make_product_photo
-from tests.support.redis_server import RedisServer
+from pipeline.testing.matting_model import make_product_photo
+from pipeline.testing.redis_server import RedisServer
 
 pytestmark = pytest.mark.ray
 

@@ -11,7 +11,7 @@ from pipeline.model import TripoSR, load_pretrained
 from pipeline.run.runner import Intake, Services
 from pipeline.run.stages import JobDefaults
 from pipeline.settings import Settings
-from tests.support.matting_model import make_tiny_remover
+from pipeline.testing.matting_model import make_tiny_remover
 
 _MODELS: dict[Path, TripoSR] = {}
 

@@ -24,7 +24,7 @@ from email.utils import formatdate
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
-from tests.support.http_server import LocalHTTPServer, Request, Response
+from pipeline.testing.http_server import LocalHTTPServer, Request, Response
 
 PREFIX = "/storage/v1"
 ERRORS: dict[str, dict[str, str]] = {  # integrations.md §1.4, verbatim
@@ -119,9 +119,15 @@ class SupabaseStandIn:
             self.http.requests.clear()
 
     def fail_next(self, status: int, count: int = 1) -> None:
-        """Answer the next `count` requests with `status` (500, 503, 429) before doing anything."""
+        """Answer the next `count` requests with `status` before doing anything: 500, 503 and 429 as a
+        gateway or the server sends them, any other 4xx in Supabase's HTTP-400 shape."""
         with self._lock:
             self._failures.extend([status] * count)
+
+    def clear_failures(self) -> None:
+        """Drop the failures `fail_next` queued and no request consumed."""
+        with self._lock:
+            self._failures.clear()
 
     def __enter__(self) -> "SupabaseStandIn":
         self.http.start()
@@ -134,9 +140,11 @@ class SupabaseStandIn:
     def _handle(self, request: Request) -> Response:
         with self._lock:
             failure = self._failures.pop(0) if self._failures else None
-            if failure is not None:
-                content_type, body = FAILURE_BODIES.get(failure, ("text/plain", b"failure"))
+            if failure is not None and failure in FAILURE_BODIES:
+                content_type, body = FAILURE_BODIES[failure]
                 return Response(failure, body, {"Content-Type": content_type})
+            if failure is not None:  # other 4xx: Supabase's own shape, HTTP 400 with the status as a string
+                return _json(400, {"statusCode": str(failure), "error": "injected", "message": "injected failure"})
             return self._route(request, unquote(request.path[len(PREFIX):]))
 
     def _route(self, request: Request, path: str) -> Response:

@@ -64,7 +64,8 @@ def create_context() -> Any:
     """A headless moderngl context on EGL; raises (ImportError, or moderngl's Exception) where there is none."""
     import moderngl  # a soft dependency: the numpy renderer covers nodes without it
 
-    return moderngl.create_standalone_context(backend="egl")
+    # moderngl's stub types every **settings value as a dict; "backend" takes a string.
+    return moderngl.create_standalone_context(backend="egl")  # type: ignore[arg-type]
 
 
 def clip_coordinates(vertices: np.ndarray, view: PosterView, pixels: int) -> np.ndarray:

@@ -45,7 +45,8 @@ def light_direction(view: PosterView) -> np.ndarray:
     """Unit world-space vector towards the key light (given in the camera frame)."""
     right, up, backward = camera_axes(view)
     light: np.ndarray = np.array(view.key_light) @ np.stack([right, up, backward])
-    return light / np.linalg.norm(light)
+    unit: np.ndarray = light / np.linalg.norm(light)
+    return unit
 
 
 def project(vertices: np.ndarray, view: PosterView, pixels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -96,4 +97,5 @@ def downsample_premultiplied(premultiplied: np.ndarray, supersample: int) -> np.
     pooled = premultiplied.reshape(size, supersample, size, supersample, 4).mean(axis=(1, 3))
     alpha = pooled[..., 3:]
     rgb = np.where(alpha > 0, pooled[..., :3] / np.maximum(alpha, 1e-12), 0.0)
-    return np.round(np.clip(np.concatenate([rgb, alpha], axis=2), 0.0, 1.0) * 255).astype(np.uint8)
+    image: np.ndarray = np.round(np.clip(np.concatenate([rgb, alpha], axis=2), 0.0, 1.0) * 255).astype(np.uint8)
+    return image

@@ -3,18 +3,22 @@
 // no argument, and print its JSON report on stdout.
 // Exit status: 0 = no errors, 1 = the asset has errors or is not glTF (report still printed),
 // 2 = could not run (package missing, unreadable input).
-// pipeline/validation.py calls this; it is also handy by hand: `node tools/validate_gltf.mjs model.glb`.
+// pipeline/assets/validation.py calls this with SHOP3D_NODE_MODULES naming the node_modules directory that
+// holds gltf-validator (this script ships inside the Python package, away from any node_modules).
+// By hand: `SHOP3D_NODE_MODULES=$PWD/node_modules node pipeline/assets/validate_gltf.mjs model.glb`.
 
 import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
+import { join } from "node:path";
 
-const require = createRequire(import.meta.url);
+const modules = process.env.SHOP3D_NODE_MODULES;
+const require = createRequire(modules ? join(modules, "resolve-from-here.js") : import.meta.url);
 
 function loadValidator() {
   try {
     return require("gltf-validator");
   } catch (error) {
-    process.stderr.write("gltf-validator is not installed: run `npm install` in the repository root\n");
+    process.stderr.write(`gltf-validator not found (SHOP3D_NODE_MODULES=${modules ?? "unset"})\n`);
     process.exit(2);
   }
 }

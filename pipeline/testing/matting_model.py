@@ -9,11 +9,11 @@ coloured object on a white background comes out as foreground after rembg's min-
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pytest
 from PIL import Image, ImageDraw
 
 if TYPE_CHECKING:
@@ -103,6 +103,12 @@ def make_tiny_remover(home: Path) -> BackgroundRemover:
     from pipeline.intake.matting import BackgroundRemover
 
     model_path = write_tiny_matting_onnx(home / "models" / "tiny" / "tiny.onnx")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("U2NET_HOME", str(home))
+    saved = os.environ.get("U2NET_HOME")
+    os.environ["U2NET_HOME"] = str(home)
+    try:
         return BackgroundRemover(str(model_path))
+    finally:
+        if saved is None:
+            del os.environ["U2NET_HOME"]
+        else:
+            os.environ["U2NET_HOME"] = saved
