@@ -77,13 +77,14 @@ async def in_process(model_dir: Path, matting: Path, backend: Backend, url: str,
     from pipeline.model import load_pretrained
     from pipeline.run.runner import Intake, Services, process_job
     from pipeline.run.stages import JobDefaults
+    from pipeline.settings import Settings
 
     policy = DownloadPolicy(allow_private=True)
     store = LocalObjectStore(backend.storage_dir)
     store.ensure_ready()
     intake = Intake(BackgroundRemover(str(matting)), make_http_client(policy), policy, max_pixels=40_000_000)
     services = Services(model=load_pretrained(model_dir), intake=intake, store=store,
-                        defaults=JobDefaults(quality="balanced", formats=("glb", "poster", "report")))
+                        defaults=JobDefaults.from_settings(Settings(_env_file=None)))
     rows = []
     try:
         for index in range(jobs + 1):   # the first run warms up and is dropped

@@ -33,10 +33,11 @@ def build_app(args: AppArgs | Mapping[str, Any],
         LiveKnobs(**options["Reconstruct"]["user_config"])   # refuse bad knobs before anything is deployed
 
     def bound(name: str, *init_args: Any) -> Application:
-        deployment = DEPLOYMENTS[name]
+        deployment: Any = DEPLOYMENTS[name]   # a serve.Deployment; Serve's decorator is untyped, mypy sees the class
         if name in options:
             deployment = deployment.options(**options[name])
-        return deployment.bind(*init_args)
+        application: Application = deployment.bind(*init_args)
+        return application
 
     return bound("Ingress", bound("Matting", overrides), bound("Reconstruct", overrides),
                  bound("Publish", overrides), overrides)

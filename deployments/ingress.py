@@ -9,6 +9,7 @@ after a few retries): the loop connects with backoff, and /health reports it.
 
 # No `from __future__ import annotations`: FastAPI must see real types on the routes (Request).
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -21,13 +22,20 @@ from redis.exceptions import RedisError
 from deployments.metrics import IngressMetrics
 from deployments.remote_errors import raise_sorted
 from deployments.settings import replica_settings
+from pipeline.delivery.reporting import JobReporter
+from pipeline.delivery.webhooks import WebhookSender
 from pipeline.errors import JobRejected, TransientError
 from pipeline.jobs.envelopes import Job, validate_job
 from pipeline.jobs.state import JobResult, get_job_state
-from pipeline.delivery.webhooks import WebhookSender
-from pipeline.queue.consumer import (QueueConfig, ReliableQueue, connect, dead_letter_count, default_consumer_id, queue_depth,
-                            submit_job)
-from pipeline.delivery.reporting import JobReporter
+from pipeline.queue.consumer import (
+    QueueConfig,
+    ReliableQueue,
+    connect,
+    dead_letter_count,
+    default_consumer_id,
+    queue_depth,
+    submit_job,
+)
 from pipeline.run.stages import JobDefaults
 from pipeline.run.worker import JobWorker
 
@@ -43,8 +51,9 @@ OBSERVE_INTERVAL_S = 5.0
 class Ingress:
     """One claim loop per replica (more replicas are safe: per-replica processing lists + job locks)."""
 
-    async def __init__(self, matting: DeploymentHandle, reconstruct: DeploymentHandle, publish: DeploymentHandle,
-                       overrides: dict[str, Any]) -> None:
+    async def __init__(self, matting: DeploymentHandle[Any], reconstruct: DeploymentHandle[Any],  # type: ignore[misc]
+                       publish: DeploymentHandle[Any], overrides: dict[str, Any]) -> None:
+        # (Serve awaits an async constructor; mypy knows __init__ only as sync.)
         self.settings = settings = replica_settings(overrides)
         self.matting, self.reconstruct, self.publish = matting, reconstruct, publish
         self.defaults = JobDefaults.from_settings(settings)
@@ -90,11 +99,9 @@ class Ingress:
 
     async def _observe_queue(self) -> None:
         while True:
-            try:
+            with contextlib.suppress(RedisError, OSError):   # a gauge may go stale while Redis is down
                 self.metrics.queue_observed(await queue_depth(self.redis, self.settings.queue_name),
                                             await dead_letter_count(self.redis))
-            except (RedisError, OSError):
-                pass
             await asyncio.sleep(OBSERVE_INTERVAL_S)
 
     def check_health(self) -> None:

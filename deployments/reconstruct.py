@@ -2,9 +2,9 @@
 
 `@serve.batch` gathers concurrent requests into one TripoSR forward (max_ongoing_requests must be at
 least the batch size, or batches stay at 1); batch size, wait, chunk size and extraction method are
-live-tunable through `user_config`, validated whole before any is applied (a bad one is refused). Each replica also reports
-the Redis backlog as a custom autoscaling metric, which `deployments.autoscaling.backlog_policy` turns
-into a replica count.
+live-tunable through `user_config`, validated whole before any is applied (a bad one is
+refused). Each replica also reports the Redis backlog as a custom autoscaling metric, which
+`deployments.autoscaling.backlog_policy` turns into a replica count.
 """
 
 from __future__ import annotations
@@ -76,8 +76,9 @@ class Reconstruct:
             self.refused = f"user_config {user_config!r} refused: {exc.errors(include_url=False)}"
             logger.error("Reconstruct keeps %s; %s", self.knobs.model_dump(), self.refused)
             return
-        self._reconstruct_batch.set_max_batch_size(knobs.max_batch_size)
-        self._reconstruct_batch.set_batch_wait_timeout_s(knobs.batch_wait_timeout_s)
+        batcher: Any = self._reconstruct_batch   # serve.batch's wrapper; its stub is the wrapped coroutine
+        batcher.set_max_batch_size(knobs.max_batch_size)
+        batcher.set_batch_wait_timeout_s(knobs.batch_wait_timeout_s)
         self.model.chunk_size = knobs.chunk_size
         self.knobs, self.refused = knobs, None
 

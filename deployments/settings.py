@@ -33,12 +33,13 @@ def _optional(field: FieldInfo) -> tuple[Any, FieldInfo]:
     optional = copy.copy(field)
     optional.default = None
     optional.default_factory = None
-    return field.annotation | None, optional
+    annotation: Any = field.annotation
+    return annotation | None, optional
 
 
 def _derive_app_args() -> type[AppArgsBase]:
-    fields = {name: _optional(field) for name, field in Settings.model_fields.items()
-              if name not in Settings.secret_fields()}
+    fields: dict[str, Any] = {name: _optional(field) for name, field in Settings.model_fields.items()
+                              if name not in Settings.secret_fields()}
     model: type[AppArgsBase] = create_model("AppArgs", __base__=AppArgsBase, __module__=__name__, **fields)
     return model
 

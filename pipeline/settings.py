@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     download_timeout_s: float = 20.0
 
     @model_validator(mode="after")
-    def _resolve_storage_backend(self) -> "Settings":
+    def _resolve_storage_backend(self) -> Settings:
         if self.storage_backend is None:
             self.storage_backend = "supabase" if self.supabase_url else "local"
         if self.storage_backend == "supabase" and not (self.supabase_url and self.supabase_service_role_key):

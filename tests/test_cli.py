@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from pipeline.assets.validation import validate_glb
-from tests.test_export import load_glb
 from pipeline.testing.http_server import LocalHTTPServer
 from pipeline.testing.matting_model import make_product_photo, write_tiny_matting_onnx
+from tests.test_export import load_glb
 
 SHOP3D = [sys.executable, "-m", "pipeline.cli"]
 

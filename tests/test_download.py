@@ -7,6 +7,7 @@ whose allowlist admits exactly 127.0.0.1:<its port>, so every other private addr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import threading
@@ -16,8 +17,8 @@ from contextlib import contextmanager
 
 import pytest
 
-from pipeline.intake.download import DownloadPolicy, allow_only_addresses, fetch_image, make_http_client
 from pipeline.errors import JobRejected, Shop3dError, TransientError
+from pipeline.intake.download import DownloadPolicy, allow_only_addresses, fetch_image, make_http_client
 from pipeline.testing.http_server import LocalHTTPServer, Response
 from pipeline.testing.redis_server import free_port
 
@@ -189,10 +190,8 @@ def raw_server(reply: Callable[[socket.socket], None]) -> Iterator[int]:
         conn, _ = listener.accept()
         with conn:
             conn.recv(65536)
-            try:
+            with contextlib.suppress(OSError):   # the client gave up, as it should
                 reply(conn)
-            except OSError:
-                pass  # the client gave up, as it should
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()

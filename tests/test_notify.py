@@ -9,7 +9,7 @@ import json
 import logging
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -30,7 +30,7 @@ def payload(status: str = "completed", stage: str = "done", **overrides: Any) ->
         job_id=JOB_ID, status=status, stage=stage, progress=100 if status == "completed" else 40,
         shop="demo.myshopify.com", product_id="gid://shopify/Product/1", variant_id=None,
         assets={"glb": "https://cdn.example/a.glb"}, stats={"faces": 123}, attempt=1,
-        occurred_at=datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc))
+        occurred_at=datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC))
     fields.update(overrides)
     return notify.build_payload(**fields)
 
@@ -95,11 +95,11 @@ def test_webhook_id_is_deterministic_per_status_and_processing_stage() -> None:
 
 def test_sign_matches_the_standardwebhooks_library() -> None:
     body = notify.encode_payload(payload())
-    when = datetime.fromtimestamp(1_700_000_000, tz=timezone.utc)
+    when = datetime.fromtimestamp(1_700_000_000, tz=UTC)
     expected = Webhook(SECRET).sign("msg_1", when, body.decode())
     assert notify.sign(SECRET, "msg_1", 1_700_000_000, body) == expected
     assert notify.sign("raw-secret", "msg_1", 1, body) == Webhook(b"raw-secret").sign(
-        "msg_1", datetime.fromtimestamp(1, tz=timezone.utc), body.decode())
+        "msg_1", datetime.fromtimestamp(1, tz=UTC), body.decode())
 
 
 def test_receiver_rejects_a_tampered_body_or_timestamp() -> None:

@@ -7,10 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from tests.support.paths import REPO_ROOT
-
 
 
 def test_an_installed_package_validates_a_glb(tmp_path: Path) -> None:

@@ -11,10 +11,11 @@ import asyncio
 import json
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any
 
 import pytest
 import redis
@@ -23,11 +24,21 @@ from celery import Celery
 
 from pipeline.errors import JobRejected, TransientError
 from pipeline.jobs.envelopes import Job, to_queue_message, validate_job
-from pipeline.jobs.state import CLAIMS_FIELD, JobResult, get_job_state, record_progress, record_queued
-from pipeline.queue.consumer import (Claim, ClaimLost, QueueConfig, ReliableQueue, connect, dead_letter_count,
-                                     dead_letters, enqueue, queue_depth, submit_job)
-from pipeline.queue.config import retry_delay
 from pipeline.jobs.keys import DELAYED_KEY, PROCESSING_PATTERN, heartbeat_key, job_key, lock_key, processing_key
+from pipeline.jobs.state import CLAIMS_FIELD, JobResult, get_job_state, record_progress, record_queued
+from pipeline.queue.config import retry_delay
+from pipeline.queue.consumer import (
+    Claim,
+    ClaimLost,
+    QueueConfig,
+    ReliableQueue,
+    connect,
+    dead_letter_count,
+    dead_letters,
+    enqueue,
+    queue_depth,
+    submit_job,
+)
 from pipeline.testing.redis_server import RedisServer
 
 QUEUE = "celery"
@@ -540,7 +551,7 @@ def test_redis_restart_mid_run_loses_nothing(tmp_path: Path, outage_s: float) ->
 
         async def restart_after_two() -> None:
             deadline = time.monotonic() + 15
-            while len(done) < 2 and time.monotonic() < deadline:
+            while len(done) < 2 and time.monotonic() < deadline:  # noqa: ASYNC110 - polls the handler's list
                 await asyncio.sleep(0.02)
             done_before_restart.append(len(done))
             await asyncio.to_thread(server.stop)

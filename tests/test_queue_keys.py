@@ -21,7 +21,14 @@ from pipeline.delivery.reporting import JobReporter
 from pipeline.delivery.webhooks import WebhookSender
 from pipeline.errors import JobRejected, TransientError
 from pipeline.jobs.envelopes import Job
-from pipeline.jobs.keys import DEAD_INFO_KEY, DEAD_KEY, DELAYED_KEY, PREFIX, PROCESSING_PATTERN, UNDELIVERED_WEBHOOKS_KEY
+from pipeline.jobs.keys import (
+    DEAD_INFO_KEY,
+    DEAD_KEY,
+    DELAYED_KEY,
+    PREFIX,
+    PROCESSING_PATTERN,
+    UNDELIVERED_WEBHOOKS_KEY,
+)
 from pipeline.jobs.state import JobResult, get_job_state, record_progress
 from pipeline.queue.consumer import QueueConfig, ReliableQueue, connect, dead_letters
 from pipeline.run.worker import JobWorker
@@ -180,4 +187,4 @@ async def _check_caps_and_records(client: aioredis.Redis) -> None:
     undelivered = [json.loads(entry)["payload"] for entry in await client.lrange(UNDELIVERED_WEBHOOKS_KEY, 0, -1)]
     assert len(undelivered) == UNDELIVERED_KEPT < 3 and {p["status"] for p in undelivered} == {"completed"}
     nameless = [key async for key in client.scan_iter(match=PREFIX + "job:unknown-*")]
-    assert nameless and all([0 < await client.ttl(key) for key in nameless])
+    assert nameless and all([await client.ttl(key) > 0 for key in nameless])

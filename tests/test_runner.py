@@ -8,17 +8,17 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.assets.validation import validate_glb
+from pipeline.delivery.storage import LocalObjectStore
 from pipeline.errors import JobRejected, Shop3dError, TransientError
 from pipeline.jobs.envelopes import Job
 from pipeline.jobs.state import JobResult
 from pipeline.run.runner import process_job
 from pipeline.run.stages import DONE, STAGE_PROGRESS
-from pipeline.delivery.storage import LocalObjectStore
-from pipeline.assets.validation import validate_glb
-from tests.test_export import load_glb
 from pipeline.testing.http_server import LocalHTTPServer
 from pipeline.testing.matting_model import make_product_photo
 from tests.support.services import make_services
+from tests.test_export import load_glb
 
 
 def _job(urls: list[str], quality: str = "fast") -> Job:

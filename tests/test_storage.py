@@ -7,18 +7,25 @@ HTTP server written from integrations.md §1.4 (HTTP-400 error bodies included),
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
 from pydantic import SecretStr
 from storage3.exceptions import StorageApiError
 
+from pipeline.delivery.storage import (
+    LocalObjectStore,
+    SupabaseObjectStore,
+    make_object_store,
+    object_key,
+    storage_error,
+)
 from pipeline.errors import JobRejected, TransientError
 from pipeline.settings import Settings
-from pipeline.delivery.storage import LocalObjectStore, SupabaseObjectStore, make_object_store, object_key, storage_error
 from pipeline.testing.redis_server import free_port
 from tests.support.supabase_standin import SupabaseStandIn
 

@@ -17,19 +17,18 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 import redis.asyncio as aioredis
 from celery import Celery
 
-from pipeline.jobs.envelopes import Job, to_queue_message
-from pipeline.jobs.state import JobResult, get_job_state
-from pipeline.delivery.webhooks import WebhookSender
-from pipeline.queue.consumer import QueueConfig, ReliableQueue, connect, dead_letters
-from pipeline.jobs.keys import job_key
 from pipeline.delivery.reporting import JobReporter
+from pipeline.delivery.webhooks import WebhookSender
+from pipeline.jobs.envelopes import Job
+from pipeline.jobs.keys import job_key
+from pipeline.jobs.state import JobResult, get_job_state
+from pipeline.queue.consumer import QueueConfig, ReliableQueue, connect, dead_letters
 from pipeline.run.runner import Services, process_job
 from pipeline.run.worker import JobWorker
-from pipeline.testing.http_server import LocalHTTPServer, Request, Response
+from pipeline.testing.http_server import LocalHTTPServer, Response
 from pipeline.testing.matting_model import make_product_photo
 from tests.support.services import make_services
 from tests.test_images import raw_png
@@ -92,7 +91,7 @@ class Harness:
         self.executed.append(job.job_id)
         return await process_job(job, self.services)
 
-    async def __aenter__(self) -> "Harness":
+    async def __aenter__(self) -> Harness:
         await self.worker.queue.start()
         self.worker.start()
         return self
@@ -123,11 +122,12 @@ def test_readme_celery_and_bare_messages_complete_with_one_webhook_each(
     async def scenario(harness: Harness, backend: Backend) -> None:
         await harness.redis.lpush(QUEUE, readme_message(job_fields("job-readme", [photo])), bare)
         for job_id in ("job-celery", "job-readme", "job-bare"):
-            await eventually(lambda: _is(harness.redis, job_id, "completed"), f"{job_id} completed")
+            await eventually(lambda job_id=job_id: _is(harness.redis, job_id, "completed"), f"{job_id} completed")
         for job_id in ("job-celery", "job-readme", "job-bare"):
             (done,) = backend.events(job_id, "completed")
             glb_url = done["assets"]["glb"]
-            assert glb_url.startswith("file://") and Path(glb_url[7:]).read_bytes()[:4] == b"glTF"
+            assert glb_url.startswith("file://")
+            assert (await asyncio.to_thread(Path(glb_url[7:]).read_bytes))[:4] == b"glTF"
             assert done["stats"]["faces"] > 0 and done["error"] is None
             assert (await get_job_state(harness.redis, job_id))["assets"]["glb"] == glb_url
         assert sorted(harness.executed) == ["job-bare", "job-celery", "job-readme"]

@@ -6,6 +6,7 @@ downloader refuses every scheme but http(s)). URLs go through the same SSRF-safe
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import uuid
@@ -16,14 +17,14 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from pipeline.intake.download import DownloadPolicy, fetch_image
+from pipeline.delivery.storage import DirectoryStore
 from pipeline.errors import JobRejected
+from pipeline.intake.download import DownloadPolicy, fetch_image
 from pipeline.jobs.envelopes import Job
 from pipeline.jobs.state import JobResult
 from pipeline.run.runner import Services, process_job
 from pipeline.run.stages import ProgressSink
-from pipeline.settings import Settings
-from pipeline.delivery.storage import DirectoryStore
+from pipeline.settings import Quality, Settings
 
 Fetcher = Callable[[str], Awaitable[bytes]]
 
@@ -51,15 +52,19 @@ def local_or_remote(client: httpx.AsyncClient, policy: DownloadPolicy) -> Fetche
         parts = urlsplit(url)
         if parts.scheme != "file":
             return await fetch_image(client, url, policy)
-        path = Path(unquote(parts.path))
-        if path.stat().st_size > policy.max_bytes:
-            raise JobRejected("image_too_large", f"{path.name} is over the {policy.max_bytes}-byte cap")
-        data = path.read_bytes()
-        if not data:
-            raise JobRejected("empty_image", f"{path.name} is empty")
-        return data
+        return await asyncio.to_thread(read_local_image, Path(unquote(parts.path)), policy.max_bytes)
 
     return fetch
+
+
+def read_local_image(path: Path, max_bytes: int) -> bytes:
+    """A local photo's bytes under the same byte cap as downloads; empty or oversized files are refused."""
+    if path.stat().st_size > max_bytes:
+        raise JobRejected("image_too_large", f"{path.name} is over the {max_bytes}-byte cap")
+    data = path.read_bytes()
+    if not data:
+        raise JobRejected("empty_image", f"{path.name} is empty")
+    return data
 
 
 def progress_bar(enabled: bool) -> tuple[ProgressSink, Callable[[], None]]:
@@ -83,7 +88,7 @@ def summarize(job: Job, result: JobResult) -> dict[str, Any]:
             "timings_s": timings, "image": image}
 
 
-async def generate(sources: Sequence[str], quality: str | None, out_dir: Path, settings: Settings, *,
+async def generate(sources: Sequence[str], quality: Quality | None, out_dir: Path, settings: Settings, *,
                    handle: str | None = None, show_progress: bool = True) -> dict[str, Any]:
     """Run one local job over `sources`; writes its files and summary.json under `out_dir`.
 
@@ -91,7 +96,7 @@ async def generate(sources: Sequence[str], quality: str | None, out_dir: Path, s
     """
     urls = [source_to_url(source) for source in sources]
     job = Job(job_id=str(uuid.uuid4()), shop="local", product_id="local",
-              product_handle=handle or handle_from_source(sources[0]), image_urls=urls, quality=quality)
+              product_handle=handle or handle_from_source(sources[0]), image_urls=tuple(urls), quality=quality)
     services = Services.from_settings(settings, store=DirectoryStore(out_dir))
     services.intake.fetch = local_or_remote(services.intake.http, services.intake.policy)
     update, close = progress_bar(show_progress)

@@ -49,7 +49,8 @@ def _add_submit(commands: Any) -> None:
     cmd.add_argument("--handle", required=True, help="product handle (used in storage keys)")
     cmd.add_argument("--variant-id", default=None)
     cmd.add_argument("--title", default=None, help="metadata.productTitle")
-    cmd.add_argument("--quality", choices=QUALITIES, default=None, help="preset (default: the service's DEFAULT_QUALITY)")
+    cmd.add_argument("--quality", choices=QUALITIES, default=None,
+                     help="preset (default: the service's DEFAULT_QUALITY)")
     cmd.add_argument("--job-id", default=None, help="default: a new uuid4")
 
 

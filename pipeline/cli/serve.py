@@ -83,6 +83,6 @@ def serve_locally(settings: Settings, *, cpu_only: bool = False, port: int = 800
         stop.wait()
         logger.info("shutting down: in-flight jobs are handed back to the queue")
     finally:
-        serve.shutdown()
+        serve.shutdown()  # type: ignore[no-untyped-call]  # Ray's API is untyped
         ray.shutdown()
     return 0

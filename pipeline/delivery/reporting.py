@@ -57,7 +57,7 @@ class JobIdentity:
     variant_id: str | None = None
 
     @classmethod
-    def of(cls, job: Job) -> "JobIdentity":
+    def of(cls, job: Job) -> JobIdentity:
         return cls(job.job_id, job.shop, job.product_id, job.variant_id)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import redis.asyncio as aioredis
@@ -49,12 +49,12 @@ class JobResult:
 
 def utc_now() -> str:
     """The current time as ISO-8601 UTC with milliseconds, the format of every state timestamp."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def utc_iso(unix_s: float) -> str:
     """A unix time (seconds) in the state timestamp format."""
-    return datetime.fromtimestamp(unix_s, timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.fromtimestamp(unix_s, UTC).isoformat(timespec="milliseconds")
 
 
 def job_fields(job: Job) -> dict[str, str]:
@@ -143,6 +143,6 @@ async def update_job(redis: aioredis.Redis, job_id: str, fields: Mapping[str, st
     """HSET `fields` on the job hash and renew its TTL in one transaction, so no write leaves a hash
     that never expires (a bare HSET would create one for an unknown or already expired job)."""
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.hset(job_key(job_id), mapping=dict(fields))
+        pipe.hset(job_key(job_id), items=flatten(fields))
         pipe.expire(job_key(job_id), ttl_s)
         await pipe.execute()

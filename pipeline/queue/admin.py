@@ -13,9 +13,9 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from pipeline.jobs.envelopes import Job, to_queue_message
+from pipeline.jobs.keys import DEAD_INFO_KEY, DEAD_KEY
 from pipeline.jobs.state import record_queued
 from pipeline.queue.config import reply_bytes
-from pipeline.jobs.keys import DEAD_INFO_KEY, DEAD_KEY
 
 
 @dataclass(frozen=True)
@@ -54,4 +54,4 @@ async def dead_letters(redis: aioredis.Redis, limit: int = 100) -> list[DeadLett
     if not raws:
         return []
     infos = await redis.hmget(DEAD_INFO_KEY, [hashlib.sha1(raw, usedforsecurity=False).hexdigest() for raw in raws])
-    return [DeadLetter(raw=raw, info=json.loads(info) if info else None) for raw, info in zip(raws, infos)]
+    return [DeadLetter(raw=raw, info=json.loads(info) if info else None) for raw, info in zip(raws, infos, strict=True)]

@@ -33,16 +33,25 @@ from typing import Any, Literal
 
 import redis.asyncio as aioredis
 
-from pipeline.jobs import state as job_state
 from pipeline.errors import JobRejected, Shop3dError, TransientError, error_from_exception
+from pipeline.jobs import state as job_state
 from pipeline.jobs.envelopes import Job, ParsedMessage, parse_message
+from pipeline.jobs.keys import DEAD_INFO_KEY, DEAD_KEY, DELAYED_KEY, heartbeat_key, job_key, lock_key, processing_key
 from pipeline.jobs.state import JobResult
 from pipeline.queue.admin import DeadLetter, dead_letter_count, dead_letters, enqueue, queue_depth, submit_job
-from pipeline.queue.config import (REDIS_DOWN, QueueConfig, backoff_delay, connect, default_consumer_id,
-                                   reply_bytes, retry_delay, validate_client, validate_consumer_id)
+from pipeline.queue.config import (
+    REDIS_DOWN,
+    QueueConfig,
+    backoff_delay,
+    connect,
+    default_consumer_id,
+    reply_bytes,
+    retry_delay,
+    validate_client,
+    validate_consumer_id,
+)
 from pipeline.queue.scripts import QueueScripts
 from pipeline.queue.upkeep import QueueUpkeep
-from pipeline.jobs.keys import DEAD_INFO_KEY, DEAD_KEY, DELAYED_KEY, heartbeat_key, job_key, lock_key, processing_key
 
 __all__ = ["Claim", "ClaimLost", "DeadLetter", "FailureOutcome", "JobResult", "QueueConfig", "ReliableQueue",
            "connect", "dead_letter_count", "dead_letters", "default_consumer_id", "enqueue", "queue_depth",
@@ -111,7 +120,7 @@ class ReliableQueue:
         self._running: dict[str, Claim] = {}       # runnable claims, by token (their locks are renewed)
         self._claims_pending = 0
         self._claims_started = 0
-        self._stopping = False
+        self._stop = asyncio.Event()   # an Event, not a bool: set by stop() while claim() awaits
         self._redis_failures = 0
         self._upkeep = QueueUpkeep(redis, self._scripts, queue_name, consumer_id, self.config, self)
 
@@ -125,9 +134,10 @@ class ReliableQueue:
 
     async def stop(self) -> None:
         """Stop claiming, hand every unsettled claim back (LMOVE-style, atomically), stop the loops."""
-        self._stopping = True
+        self._stop.set()
         deadline = time.monotonic() + self.config.block_s + 5.0
-        while self._claims_pending and time.monotonic() < deadline:
+        # Polled, not awaited on an Event: claims end on many paths, and this runs once per shutdown.
+        while self._claims_pending and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
         for claim in list(self._running.values()):
             await self.release(claim)
@@ -164,7 +174,7 @@ class ReliableQueue:
 
     async def claim(self) -> Claim | None:
         """Take the oldest message, or None after block_s (or while Redis is down, after a backoff)."""
-        if self._stopping:
+        if self._stop.is_set():
             return None
         self._claims_pending += 1
         self._claims_started += 1
@@ -172,7 +182,7 @@ class ReliableQueue:
             raw = await self._take()
             if raw is None:
                 return None
-            if self._stopping:   # stop() began while we were blocked: put it straight back
+            if self._stop.is_set():   # stop() began while we were blocked: put it straight back
                 await self._scripts.hand_back(keys=[self._processing, self.queue_name], args=[raw])
                 self._unhold(raw)
                 return None

@@ -133,7 +133,7 @@ class QueueScripts:
     renew_locks: AsyncScript
 
     @classmethod
-    def register(cls, redis: aioredis.Redis) -> "QueueScripts":
+    def register(cls, redis: aioredis.Redis) -> QueueScripts:
         """Register without a round trip (the first call loads each script)."""
         return cls(claim=redis.register_script(CLAIM), settle=redis.register_script(SETTLE),
                    reap=redis.register_script(REAP), promote=redis.register_script(PROMOTE),

@@ -9,6 +9,7 @@ leftovers of a previous run under the same consumer id). Both loops survive Redi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -17,10 +18,16 @@ from typing import Protocol
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from pipeline.jobs.keys import (
+    DELAYED_KEY,
+    PROCESSING_PATTERN,
+    consumer_from_processing_key,
+    heartbeat_key,
+    lock_key,
+    processing_key,
+)
 from pipeline.queue.config import REDIS_DOWN, QueueConfig, reply_bytes
 from pipeline.queue.scripts import QueueScripts
-from pipeline.jobs.keys import (DELAYED_KEY, PROCESSING_PATTERN, consumer_from_processing_key, heartbeat_key,
-                                 lock_key, processing_key)
 
 log = logging.getLogger(__name__)
 PROMOTE_BATCH = 100
@@ -175,7 +182,5 @@ class QueueUpkeep:
 
     async def _pause(self, seconds: float) -> None:
         """Sleep `seconds`, or less if stop() is called meanwhile."""
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
-        except asyncio.TimeoutError:
-            pass

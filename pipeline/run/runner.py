@@ -38,7 +38,7 @@ class Intake:
     fetch: Fetcher | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "Intake":
+    def from_settings(cls, settings: Settings) -> Intake:
         """Open the matting session named by REMBG_MODEL and an HTTP client with the download policy."""
         from pipeline.intake.matting import BackgroundRemover  # imports rembg (numba): only when really needed
 
@@ -67,7 +67,7 @@ class Services:
     extraction: ExtractionMethod = "fast"
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, store: ObjectStore | None = None) -> "Services":
+    def from_settings(cls, settings: Settings, *, store: ObjectStore | None = None) -> Services:
         """Load the model and matting session named by the settings (slow: seconds to minutes); `store`
         replaces the one the settings name (the CLI writes into its output directory)."""
         from pipeline.delivery.storage import make_object_store

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 
 from pipeline.assets.bundle import ExportedAssets, export_assets
+from pipeline.assets.formats import OutputFormat
 from pipeline.delivery.storage import ObjectStore, StoredObject, object_key
 from pipeline.errors import JobRejected, Shop3dError
 from pipeline.intake.selection import SelectedImage
@@ -29,9 +30,9 @@ from pipeline.jobs.envelopes import Job
 from pipeline.jobs.state import JobResult
 from pipeline.model import TripoSR
 from pipeline.presets import Preset, get_preset
-from pipeline.settings import Quality, Settings
 from pipeline.reconstruct import ExtractionMethod, Reconstruction, reconstruct_meshes
 from pipeline.run import failpoints
+from pipeline.settings import Quality, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -80,10 +81,10 @@ class JobDefaults:
     where a job enters the job path, so every stage sees a complete job."""
 
     quality: Quality
-    formats: tuple[str, ...]
+    formats: tuple[OutputFormat, ...]
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "JobDefaults":
+    def from_settings(cls, settings: Settings) -> JobDefaults:
         return cls(settings.default_quality, tuple(settings.default_formats))
 
     def apply(self, job: Job) -> Job:
@@ -136,7 +137,7 @@ class ReconstructRequest:
     color_field: bool
 
     @classmethod
-    def of(cls, job: Job, prepared: Prepared) -> "ReconstructRequest":
+    def of(cls, job: Job, prepared: Prepared) -> ReconstructRequest:
         preset = preset_of(job)
         return cls(job.job_id, prepared.image.framed, preset.mc_resolution, preset.texture_size > 0)
 

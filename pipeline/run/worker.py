@@ -17,11 +17,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from pipeline.delivery.reporting import JobIdentity, JobReporter
 from pipeline.errors import error_from_exception
 from pipeline.jobs.envelopes import Job
 from pipeline.jobs.state import JobResult
 from pipeline.queue.consumer import Claim, ClaimLost, ReliableQueue
-from pipeline.delivery.reporting import JobIdentity, JobReporter
 
 logger = logging.getLogger(__name__)
 

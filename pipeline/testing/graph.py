@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pipeline.assets.formats import CONTENT_TYPES
 from pipeline.testing.http_server import LocalHTTPServer, Request, Response
 
 # Set before `ray.init` (workers inherit the driver's env on a local cluster): fast autoscaling metric
@@ -49,7 +50,7 @@ class Backend:
         path = self.storage_dir / request.path.removeprefix("/objects/")
         if not path.is_file():
             return Response(404, b"")
-        return Response(200, path.read_bytes(), {"Content-Type": "model/gltf-binary"})
+        return Response(200, path.read_bytes(), {"Content-Type": CONTENT_TYPES["glb"]})
 
     def events(self, job_id: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
         bodies = [json.loads(r.body) for r in list(self.server.requests) if r.path == "/hooks"]

@@ -7,9 +7,9 @@ Tests register `server.route(path, handler)` where the handler gets a `Request` 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 
 
 @dataclass
@@ -119,7 +119,7 @@ class LocalHTTPServer:
         self.route(path, lambda _req: Response(status, body, {"Content-Type": content_type}))
         return self.url(path)
 
-    def start(self) -> "LocalHTTPServer":
+    def start(self) -> LocalHTTPServer:
         self._thread.start()
         return self
 
@@ -127,7 +127,7 @@ class LocalHTTPServer:
         self._server.shutdown()
         self._server.server_close()
 
-    def __enter__(self) -> "LocalHTTPServer":
+    def __enter__(self) -> LocalHTTPServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,8 @@ import pytest
 
 from pipeline.testing.graph import RAY_ENV, Backend
 from pipeline.testing.matting_model import write_tiny_matting_onnx
-from tests.support.paths import TINY_FIXTURE_DIR
 from pipeline.testing.redis_server import RedisServer, free_port
-
+from tests.support.paths import TINY_FIXTURE_DIR
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,8 @@ def deployed(ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) 
 def test_every_setting_in_the_env_file_differs_from_its_default(deployed: dict[str, Any]) -> None:
     expected = deployed["settings"].replica_overrides()
     defaults = Settings(_env_file=None).replica_overrides()
-    assert {name for name in AppArgs.model_fields if expected.get(name) != defaults.get(name)} == set(AppArgs.model_fields)
+    changed = {name for name in AppArgs.model_fields if expected.get(name) != defaults.get(name)}
+    assert changed == set(AppArgs.model_fields)
 
 
 @pytest.mark.parametrize("deployment", DEPLOYMENTS)
@@ -112,7 +113,8 @@ def test_a_bad_live_knob_is_refused_and_jobs_keep_running(deployed: dict[str, An
 
     reconstruct = serve.get_deployment_handle("Reconstruct", APP)
     before = reconstruct.ready.remote().result(timeout_s=60)["knobs"]
-    reconstruct.reconfigure.remote({"extraction": "bogus", "max_batch_size": 2}).result(timeout_s=60)  # as Serve calls it
+    # what Serve calls with a new user_config
+    reconstruct.reconfigure.remote({"extraction": "bogus", "max_batch_size": 2}).result(timeout_s=60)
     ready = reconstruct.ready.remote().result(timeout_s=60)
     assert ready["knobs"] == before and "extraction" in ready["knobs_refused"]
     state = run_job(deployed, "after-bad-knob", quality="fast")

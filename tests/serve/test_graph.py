@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
@@ -19,9 +18,9 @@ import redis
 from celery import Celery
 
 from pipeline.testing.graph import Backend, small_options, wait_for
-from tests.serve.conftest import RayCluster, app_args
 from pipeline.testing.matting_model import make_product_photo
 from pipeline.testing.redis_server import RedisServer, free_port
+from tests.serve.conftest import RayCluster, app_args
 
 pytestmark = pytest.mark.ray
 APP = "shop3d"

@@ -15,10 +15,10 @@ import pytest
 import redis
 
 from pipeline.testing.graph import Backend, small_options, wait_for
-from tests.serve.conftest import RayCluster, app_args, replica_pids, running_replicas
-from tests.serve.test_graph import job_fields, readme_message
 from pipeline.testing.matting_model import make_product_photo
 from pipeline.testing.redis_server import RedisServer
+from tests.serve.conftest import RayCluster, app_args, replica_pids, running_replicas
+from tests.serve.test_graph import job_fields, readme_message
 
 pytestmark = pytest.mark.ray
 APP = "shop3d-resilience"
@@ -104,7 +104,7 @@ def test_redis_restart_mid_run_loses_nothing(running: Running, own_redis: RedisS
     wait_for(lambda: running.field(ids[0], "status") == "processing", "first job running", 120, 0.05)
     own_redis.restart()
     for job_id in ids:
-        wait_for(lambda: running.field(job_id, "status") == "completed", f"{job_id} completed", 240)
+        wait_for(lambda job_id=job_id: running.field(job_id, "status") == "completed", f"{job_id} completed", 240)
         assert len(running.backend.events(job_id, "completed")) == 1
         assert [p.name for p in running.objects(job_id)] == ONE_OF_EACH_DEFAULT_FILE
     assert running.redis.llen("celery") == 0 and running.redis.llen("shop3d:dead") == 0

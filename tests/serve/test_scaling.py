@@ -10,10 +10,10 @@ import pytest
 import redis
 
 from pipeline.testing.graph import SMALL_CPU, Backend, small_options, wait_for
-from tests.serve.conftest import RayCluster, app_args, replica_states, running_replicas
-from tests.serve.test_graph import job_fields, readme_message
 from pipeline.testing.matting_model import make_product_photo
 from pipeline.testing.redis_server import RedisServer
+from tests.serve.conftest import RayCluster, app_args, replica_states, running_replicas
+from tests.serve.test_graph import job_fields, readme_message
 
 pytestmark = pytest.mark.ray
 

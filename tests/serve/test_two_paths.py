@@ -139,8 +139,11 @@ def photos() -> Iterator[LocalHTTPServer]:
     server.stop()
 
 
+Outcome = tuple[str | None, list[tuple[str, int]]]   # (error code or None, the (stage, progress) sequence)
+
+
 def run_case(case: Case, standin: SupabaseStandIn, start: Callable[[], None],
-             finish: Callable[[], tuple[str | None, list[tuple[str, int]]]]) -> tuple[str | None, list[tuple[str, int]]]:
+             finish: Callable[[], Outcome]) -> Outcome:
     """Queue the stand-in's failure for this case, start the job, and return (error code, progress)."""
     standin.clear_failures()
     if case.storage_failure is not None:
@@ -185,7 +188,7 @@ def in_process(standin: SupabaseStandIn, photos: LocalHTTPServer, tiny_fixture_d
 
 @pytest.fixture(scope="module")
 def through_graph(ray_cluster: RayCluster, standin: SupabaseStandIn, photos: LocalHTTPServer,
-                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple[str | None, list[tuple[str, int]]]]]:
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Outcome]]:
     """Every case pushed onto the queue of a deployed graph, one after another."""
     from ray import serve
 

@@ -129,7 +129,7 @@ class SupabaseStandIn:
         with self._lock:
             self._failures.clear()
 
-    def __enter__(self) -> "SupabaseStandIn":
+    def __enter__(self) -> SupabaseStandIn:
         self.http.start()
         return self
 
@@ -241,7 +241,7 @@ class SupabaseStandIn:
             return _error("no_object")
         return Response(200, stored.data, {
             "Content-Type": stored.content_type, "Cache-Control": f"max-age={stored.cache_control}",
-            "ETag": f'"{hashlib.md5(stored.data).hexdigest()}"', "Accept-Ranges": "bytes",
+            "ETag": f'"{hashlib.md5(stored.data, usedforsecurity=False).hexdigest()}"', "Accept-Ranges": "bytes",
             "Last-Modified": stored.last_modified})
 
     def _info(self, bucket_id: str, key: str) -> Response:
@@ -253,7 +253,7 @@ class SupabaseStandIn:
         return _json(200, {"id": stored.id, "name": key, "version": stored.id, "bucket_id": bucket_id,
                            "size": len(stored.data), "content_type": stored.content_type,
                            "cache_control": f"max-age={stored.cache_control}",
-                           "etag": f'"{hashlib.md5(stored.data).hexdigest()}"', "metadata": {},
+                           "etag": f'"{hashlib.md5(stored.data, usedforsecurity=False).hexdigest()}"', "metadata": {},
                            "last_modified": stored.last_modified, "created_at": stored.last_modified})
 
     # --- signed URLs (a JWT-shaped HS256 token over {url, exp}, like the real server's) -----------
