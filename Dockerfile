@@ -11,7 +11,7 @@
 ARG RAY_IMAGE=rayproject/ray:2.60.0-py311-gpu
 FROM ${RAY_IMAGE}
 
-# Headless GL for the poster (EGL with Mesa's llvmpipe; pipeline/poster_gl.py). Ray's images run as
+# Headless GL for the poster (EGL with Mesa's llvmpipe; pipeline/assets/poster/gl.py). Ray's images run as
 # `ray`, which has passwordless sudo.
 RUN sudo apt-get update -qq \
     && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \

@@ -22,14 +22,14 @@ from typing import Any
 import numpy as np
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
 from pipeline.assets.bundle import export_assets
 from pipeline.assets.formats import ASSET_FORMATS
 from pipeline.isosurface.extraction import extract_mesh
 from pipeline.model import TripoSR, load_pretrained
 from pipeline.model.color_field import ColorField
 from pipeline.presets import PRESETS
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_model() -> tuple[TripoSR, torch.Tensor]:

@@ -4,15 +4,31 @@ writable copy of the tiny TripoSR fixture (../shared is read-only in CI)."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import redis
 
 from pipeline.testing.http_server import LocalHTTPServer
-from tests.support.paths import TINY_FIXTURE_DIR
 from pipeline.testing.redis_server import RedisServer
+from tests.support.paths import TINY_FIXTURE_DIR
+
+# Per-test limits (pytest-timeout, seconds) of the tests that outgrow the default `timeout` in pyproject.toml.
+# A session fixture's start-up (the local Ray, the 1.7 GB random checkpoint) counts against its first test.
+TIMEOUT_S_BY_MARKER = {"ray": 600, "slow": 1800}
+SERVE_TESTS = Path(__file__).parent / "serve"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark everything under tests/serve/ `ray` (a new file cannot forget), then give `ray` and `slow`
+    tests their longer limit unless a test sets its own `timeout`."""
+    for item in items:
+        if item.path.is_relative_to(SERVE_TESTS):
+            item.add_marker(pytest.mark.ray)
+        limits = [limit for marker, limit in TIMEOUT_S_BY_MARKER.items() if item.get_closest_marker(marker)]
+        if limits and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(max(limits)))
 
 
 @pytest.fixture(scope="session")

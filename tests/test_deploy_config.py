@@ -23,13 +23,19 @@ from ray.autoscaler._private.util import prepare_config, validate_config
 from ray.runtime_env import RuntimeEnv
 from ray.serve import Application
 from ray.serve.config import AutoscalingConfig, AutoscalingPolicy
-from ray.serve.schema import (DeploymentSchema, HTTPOptionsSchema, LoggingConfig, RayActorOptionsSchema,
-                              ServeApplicationSchema, ServeDeploySchema)
+from ray.serve.schema import (
+    DeploymentSchema,
+    HTTPOptionsSchema,
+    LoggingConfig,
+    RayActorOptionsSchema,
+    ServeApplicationSchema,
+    ServeDeploySchema,
+)
 
 from deployments.app import DEPLOYMENTS, build_app
 from deployments.autoscaling import backlog_policy
-from deployments.settings import AppArgs
 from deployments.reconstruct import LiveKnobs
+from deployments.settings import AppArgs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SERVE_CONFIG = REPO_ROOT / "serve_config.yaml"
@@ -436,7 +442,7 @@ def test_secret_checks_catch_leaks() -> None:
     assert any("env_vars.WEBHOOK_SECRET" in f for f in found) and any("redis_url" in f for f in found)
     service = load_yaml(RAYSERVICE_YAML)
     container = service["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
-    container["env"] = copy.deepcopy(container["env"]) + [{"name": "SUPABASE_SERVICE_ROLE_KEY", "value": "x"}]
+    container["env"] = [*copy.deepcopy(container["env"]), {"name": "SUPABASE_SERVICE_ROLE_KEY", "value": "x"}]
     assert any("must come from valueFrom.secretKeyRef" in f for f in secrets_in_structure(service))
     assert list(secrets_in_text("SUPABASE_SERVICE_ROLE_KEY: abcdef123456", "t")) == ["t:1: looks like a secret"]
     leaky = DOCKERFILE.read_text(encoding="utf-8") + "\nARG WEBHOOK_SECRET\n"

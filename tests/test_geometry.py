@@ -165,7 +165,7 @@ def test_vertex_normals_are_unit_and_point_outward() -> None:
 def test_parse_dimensions_spellings(metadata: dict[str, Any], expected: tuple[float | None, ...]) -> None:
     dims = geometry.parse_dimensions(metadata)
     assert dims is not None
-    for got, want in zip((dims.width_m, dims.height_m, dims.depth_m), expected):
+    for got, want in zip((dims.width_m, dims.height_m, dims.depth_m), expected, strict=False):
         assert got == (None if want is None else pytest.approx(want))
 
 

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.intake.download import DownloadPolicy, allow_only_addresses, make_http_client
 from pipeline.errors import JobRejected, Shop3dError, TransientError
+from pipeline.intake.download import DownloadPolicy, allow_only_addresses, make_http_client
 from pipeline.intake.images import decode_image, frame_foreground
-from pipeline.intake.selection import SelectedImage, select_image
 from pipeline.intake.matting import BackgroundRemover
+from pipeline.intake.selection import SelectedImage, select_image
 from pipeline.testing.http_server import LocalHTTPServer
 from pipeline.testing.matting_model import make_product_photo, make_tiny_remover
 from pipeline.testing.redis_server import free_port

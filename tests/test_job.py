@@ -9,7 +9,8 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -17,7 +18,14 @@ from celery import Celery
 from pydantic import ValidationError
 
 from pipeline.errors import ERROR_CODES, JobRejected
-from pipeline.jobs.envelopes import MAX_IMAGE_URLS, MAX_MESSAGE_BYTES, Job, parse_message, to_queue_message, validate_job
+from pipeline.jobs.envelopes import (
+    MAX_IMAGE_URLS,
+    MAX_MESSAGE_BYTES,
+    Job,
+    parse_message,
+    to_queue_message,
+    validate_job,
+)
 
 # integrations.md §2.2, verbatim (celery-node 0.5.9, protocol v2)
 CELERY_NODE_RAW = (

@@ -7,8 +7,9 @@ the models are our own pipeline.model networks, loaded from the fixture or a ran
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -17,11 +18,11 @@ import trimesh
 from scipy.spatial import cKDTree
 
 from pipeline.errors import JobRejected
+from pipeline.isosurface.extraction import ExtractionStats, extract_mesh, extract_mesh_with_stats
 from pipeline.isosurface.grid import GridQuery, grid_axis
 from pipeline.isosurface.lattice import interpolate_axis, lattice_indices, level_strides
 from pipeline.isosurface.refinement import RefinementSettings
 from pipeline.isosurface.triangulation import merge_rounded_vertices, triangulate
-from pipeline.isosurface.extraction import ExtractionStats, extract_mesh, extract_mesh_with_stats
 from pipeline.mesh_arrays import MeshArrays
 
 RADIUS = 0.87
@@ -151,7 +152,7 @@ def test_lattices_are_nested_and_keep_the_last_grid_point() -> None:
     strides = level_strides(256, 24)
     assert strides == [8, 4, 2, 1]
     assert level_strides(384, 24) == [8, 4, 2, 1] and level_strides(40, 24) == [1]
-    for coarse, fine in zip(strides, strides[1:]):
+    for coarse, fine in itertools.pairwise(strides):
         outer, inner = lattice_indices(256, coarse), lattice_indices(256, fine)
         assert outer[-1] == inner[-1] == 255 and np.isin(outer, inner).all()
 

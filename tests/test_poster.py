@@ -15,8 +15,14 @@ from PIL import Image
 import pipeline.assets.poster.render
 from pipeline.assets.bundle import prepare_with_frame
 from pipeline.assets.colors import linear_to_srgb, srgb_to_linear
-from pipeline.assets.poster.render import (SOFTWARE_RENDERER_NAME, PosterView, Renderer, gl_unavailable_reason,
-                                           render_image_with, render_poster)
+from pipeline.assets.poster.render import (
+    SOFTWARE_RENDERER_NAME,
+    PosterView,
+    Renderer,
+    gl_unavailable_reason,
+    render_image_with,
+    render_poster,
+)
 from pipeline.assets.texture import TexturedMesh, bake_texture
 from pipeline.mesh_arrays import MeshArrays
 from tests.test_geometry import ellipsoid_mesh
@@ -57,7 +63,10 @@ def decode(png: bytes) -> np.ndarray:
     return np.asarray(image)
 
 
-def draw(model: MeshArrays | TexturedMesh, size: int = 512, view: PosterView = PosterView(),
+DEFAULT_VIEW = PosterView()
+
+
+def draw(model: MeshArrays | TexturedMesh, size: int = 512, view: PosterView = DEFAULT_VIEW,
          renderer: Renderer = "auto") -> np.ndarray:
     """The poster's RGBA image before PNG encoding (straight alpha)."""
     return render_image_with(model, size, view, renderer)[0]

@@ -12,8 +12,14 @@ import pytest
 
 from pipeline.assets import report as qa
 from pipeline.assets.bundle import export_assets, prepare_with_frame
-from pipeline.assets.formats import (ASSET_FORMATS, CONTENT_TYPES, DEFAULT_FORMATS, FILENAMES, OutputFormat,
-                                     resolve_formats)
+from pipeline.assets.formats import (
+    ASSET_FORMATS,
+    CONTENT_TYPES,
+    DEFAULT_FORMATS,
+    FILENAMES,
+    OutputFormat,
+    resolve_formats,
+)
 from pipeline.errors import JobRejected
 from pipeline.mesh_arrays import MeshArrays
 from pipeline.presets import PRESETS

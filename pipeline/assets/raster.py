@@ -102,7 +102,7 @@ def rasterize(points: np.ndarray, faces: np.ndarray, width: int, height: int, de
     if not pieces:
         empty = np.zeros(0, dtype=np.int64)
         return Fragments(empty, empty, empty, np.zeros((0, 3)))
-    rows, cols, face_ids, bary = (np.concatenate(parts) for parts in zip(*pieces))
+    rows, cols, face_ids, bary = (np.concatenate(parts) for parts in zip(*pieces, strict=False))
     pixel = rows * width + cols
     if depth is None:
         order = np.argsort(pixel, kind="stable")

@@ -2,9 +2,10 @@
 
 Keys derive from the job (`{shop}/{product_handle}/{job_id}/{filename}`), so a re-run overwrites
 instead of duplicating. Failures leave as the error tree: `TransientError("storage_unavailable")`
-for 5xx/429/timeouts/connection errors (retry the job), `JobRejected("storage_failed")` for the
-permanent 4xx. Supabase answers most errors with HTTP 400 and the real status as a string in the
-body's `statusCode` (integrations.md §1.4); storage3 surfaces it as `StorageApiError.status`.
+for the statuses `is_retryable_status` names (5xx, 408, 425, 429), timeouts and connection errors
+(retry the job), `JobRejected("storage_failed")` for the other, permanent 4xx. Supabase answers most
+errors with HTTP 400 and the real status as a string in the body's `statusCode` (integrations.md
+§1.4); storage3 surfaces it as `StorageApiError.status`.
 Both stores are synchronous: async callers run them with `asyncio.to_thread`.
 """
 
@@ -62,11 +63,14 @@ class ObjectStore(Protocol):
 
 
 class JobIdentity(Protocol):
-    """The job fields a key is made of (pipeline.jobs.envelopes.Job has them)."""
+    """The job fields a key is made of (pipeline.jobs.envelopes.Job has them, read-only: it is frozen)."""
 
-    shop: str
-    product_handle: str
-    job_id: str
+    @property
+    def shop(self) -> str: ...
+    @property
+    def product_handle(self) -> str: ...
+    @property
+    def job_id(self) -> str: ...
 
 
 def object_key(job: JobIdentity, filename: str) -> str:

@@ -20,9 +20,9 @@ DEAD_KEY = PREFIX + "dead"                     # LIST of dead-lettered raw messa
 DEAD_INFO_KEY = PREFIX + "dead:info"           # HASH sha1(raw) -> JSON {job_id, error, attempts, ts, consumer}
 UNDELIVERED_WEBHOOKS_KEY = PREFIX + "webhooks:undelivered"  # LIST of JSON payloads whose delivery finally failed
 
-# Caps of the two lists that have no TTL (their oldest entries are dropped past the cap). sha1 names
-# dead letters because it is what Lua inside Redis can compute, so the trim drops the matching info
-# entry in the same atomic step; it labels entries, it protects nothing.
+# Caps of the two lists without a TTL: past it their oldest entries are dropped, a dead letter together
+# with its `dead:info` entry. That entry is keyed by sha1 because Lua inside Redis can compute it, so
+# the settle script trims both in one atomic step; the digest labels entries, it protects nothing.
 DEAD_LETTERS_KEPT = 10_000
 UNDELIVERED_WEBHOOKS_KEPT = 10_000
 

@@ -29,11 +29,11 @@ def keys_cubic_weights(t: float, a: float = -0.75) -> list[float]:
 
 def legacy_resample(grid: np.ndarray, out_size: int, scale: float) -> np.ndarray:
     """Resample axis 0 of `grid` the legacy way: source from the GIVEN scale factor, taps clamped."""
-    out = np.zeros((out_size,) + grid.shape[1:])
+    out = np.zeros((out_size, *grid.shape[1:]))
     for dst in range(out_size):
         src = (dst + 0.5) / scale - 0.5
         base = math.floor(src)
-        for offset, weight in zip(range(-1, 3), keys_cubic_weights(src - base)):
+        for offset, weight in zip(range(-1, 3), keys_cubic_weights(src - base), strict=False):
             out[dst] += weight * grid[min(max(base + offset, 0), grid.shape[0] - 1)]
     return out
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shutil
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -90,28 +92,26 @@ def observed(progress: list[tuple[str, int]]) -> list[tuple[str, int]]:
 
 
 class ProgressMonitor(threading.Thread):
-    """Every (stage, progress) written to a job-state hash, in order, read with Redis MONITOR (also the
-    writes inside the queue's Lua scripts): what a reader of the job's state could have seen."""
+    """Every (stage, progress) written to a job-state hash, in order, read from `redis-cli monitor` (which also
+    shows the writes inside the queue's Lua scripts): what a reader of the job's state could have seen."""
 
     QUOTED = re.compile(r'"(.*?)(?<!\\)"')
 
-    def __init__(self, redis_url: str) -> None:
+    def __init__(self, port: int) -> None:
         super().__init__(daemon=True)
-        self.client = redis.Redis.from_url(redis_url, socket_timeout=0.5)
+        cli = shutil.which("redis-cli")
+        assert cli is not None, "redis-cli comes with Debian's redis-server (scripts/setup)"
+        self.process = subprocess.Popen([cli, "-p", str(port), "monitor"], stdout=subprocess.PIPE, text=True,
+                                        errors="replace")
         self.writes: dict[str, list[tuple[str, int]]] = {}
-        self._stop_event = threading.Event()
 
     def run(self) -> None:
-        with self.client.monitor() as monitor:
-            while not self._stop_event.is_set():
-                try:
-                    raw = monitor.connection.read_response()
-                except redis.TimeoutError:
-                    continue
-                self._record(raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw))
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._record(line)
 
     def _record(self, line: str) -> None:
-        args = self.QUOTED.findall(line.split(" ", 1)[-1])
+        args = self.QUOTED.findall(line.split("]", 1)[-1])
         if len(args) < 4 or args[0].upper() != "HSET" or not args[1].startswith("shop3d:job:"):
             return
         fields = dict(zip(args[2::2], args[3::2], strict=False))
@@ -120,7 +120,8 @@ class ProgressMonitor(threading.Thread):
             self.writes.setdefault(job, []).append((fields["stage"], int(fields["progress"])))
 
     def stop(self) -> None:
-        self._stop_event.set()
+        self.process.terminate()
+        self.process.wait(timeout=10)
         self.join(timeout=5)
 
 
@@ -180,9 +181,12 @@ def in_process(standin: SupabaseStandIn, photos: LocalHTTPServer, tiny_fixture_d
                     result["code"] = None
                 except Shop3dError as exc:
                     result["code"] = exc.code
+                finally:
+                    await services.intake.aclose()   # the store is shared by every case; closed below
 
             outcomes[case.name] = run_case(case, standin, lambda go=go: asyncio.run(go()),
                                            lambda r=outcome, p=progress: (r["code"], observed(p)))
+        store.close()
     return outcomes
 
 
@@ -202,7 +206,7 @@ def through_graph(ray_cluster: RayCluster, standin: SupabaseStandIn, photos: Loc
     options = small_options(user_config={"max_batch_size": 1, "batch_wait_timeout_s": 0.0})
     for name in options:
         options[name]["ray_actor_options"] = {**options[name]["ray_actor_options"], "runtime_env": {"env_vars": env}}
-    monitor = ProgressMonitor(redis_server.url)
+    monitor = ProgressMonitor(redis_server.port)
     monitor.start()
     client = redis.Redis.from_url(redis_server.url)
     try:

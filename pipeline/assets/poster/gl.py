@@ -12,8 +12,15 @@ from typing import Any
 import numpy as np
 
 from pipeline.assets.colors import srgb_to_linear
-from pipeline.assets.poster.view import (PosterView, camera_axes, check_renderable, downsample_premultiplied,
-                                         light_direction, project, surface_normals)
+from pipeline.assets.poster.view import (
+    PosterView,
+    camera_axes,
+    check_renderable,
+    downsample_premultiplied,
+    light_direction,
+    project,
+    surface_normals,
+)
 from pipeline.assets.texture import TexturedMesh
 from pipeline.mesh_arrays import MeshArrays
 

@@ -10,8 +10,15 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.assets.colors import linear_to_srgb, srgb_to_linear
-from pipeline.assets.poster.view import (PosterView, camera_axes, check_renderable, downsample_premultiplied,
-                                         light_direction, project, surface_normals)
+from pipeline.assets.poster.view import (
+    PosterView,
+    camera_axes,
+    check_renderable,
+    downsample_premultiplied,
+    light_direction,
+    project,
+    surface_normals,
+)
 from pipeline.assets.raster import rasterize
 from pipeline.assets.texture import TexturedMesh, sample_texture
 from pipeline.mesh_arrays import MeshArrays
