@@ -6,7 +6,7 @@
                                 limit, then dead-lettered with the same code
 
 Messages are shown to shops and logged: they never contain secrets. Codes are the contract with the
-backend (README "Error codes"); add new ones to `ERROR_CODES` with a one-line meaning.
+backend (docs/backend-contract.md "Error codes"); add new ones to `ERROR_CODES` with a one-line meaning.
 """
 
 from __future__ import annotations

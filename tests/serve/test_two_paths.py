@@ -123,6 +123,8 @@ class ProgressMonitor(threading.Thread):
         self.process.terminate()
         self.process.wait(timeout=10)
         self.join(timeout=5)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
 
 
 @pytest.fixture(scope="module")
