@@ -58,4 +58,6 @@ def test_serve_runs_the_graph_on_the_cpu_and_stops_on_ctrl_c(redis_url: str, tin
         if process.poll() is None:
             process.kill()
             process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
         backend.stop()

@@ -26,6 +26,7 @@ from pipeline.jobs.envelopes import (
     to_queue_message,
     validate_job,
 )
+from pipeline.run.stages import JobDefaults
 
 # integrations.md §2.2, verbatim (celery-node 0.5.9, protocol v2)
 CELERY_NODE_RAW = (
@@ -174,7 +175,9 @@ def test_celery_node_shaped_message_with_a_full_job() -> None:
 
 def test_unknown_fields_ignored_and_null_quality_means_default() -> None:
     job = validate_job(job_fields(callback_url="https://shop.example/hooks", quality=None))
-    assert job.quality == "balanced"
+    assert job.quality is None and job.formats is None   # the service's DEFAULT_QUALITY / DEFAULT_FORMATS apply
+    assert JobDefaults("fast", ("glb",)).apply(job).quality == "fast"
+    assert JobDefaults("fast", ("glb",)).apply(job.model_copy(update={"quality": "quality"})).quality == "quality"
     assert not hasattr(job, "callback_url")
 
 

@@ -1,8 +1,8 @@
 """The three stages of one job, shared by the in-process runner and the Ray Serve graph.
 
-    prepare(job, intake)            image URLs -> Prepared (the framed picture)       CPU: download, rembg
-    reconstruct(request, run_batch) Prepared -> Reconstructed (native-frame mesh)     GPU: batched TripoSR
-    publish(job, reconstructed)     mesh -> files -> storage -> JobResult             CPU: export, upload
+    prepare(job, select)                    image URLs -> Prepared (the framed picture)   CPU: download, rembg
+    reconstruct(job, prepared, run_batch)   -> Reconstructed (native-frame mesh)          GPU: batched TripoSR
+    publish(job, reconstructed, store)      mesh -> files -> storage -> JobResult         CPU: export, upload
 
 Both paths call these functions, so a job fails with the same `error.code` and reports the same
 (stage, progress) sequence whichever way it runs: one error mapping (`stage_errors`: an unexpected
