@@ -28,10 +28,13 @@ def test_serve_runs_the_graph_on_the_cpu_and_stops_on_ctrl_c(redis_url: str, tin
     u2net = tmp_path / "u2net"
     model = write_tiny_matting_onnx(u2net / "models" / "tiny.onnx")
     port = free_port()
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **RAY_ENV, "U2NET_HOME": str(u2net),
-           "REDIS_URL": redis_url, "TSR_MODEL": str(tiny_fixture_dir), "REMBG_MODEL": str(model),
-           "ALLOW_PRIVATE_URLS": "true", "BACKEND_URL": backend.server.url("/"), "WEBHOOK_PATH": "/hooks",
-           "LOCAL_STORAGE_DIR": str(backend.storage_dir)}
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **RAY_ENV, "U2NET_HOME": str(u2net)}
+    # The settings come from a .env in the working directory, as a developer keeps them; the replicas (other
+    # processes, another working directory) see them only because `shop3d serve` hands them on.
+    (tmp_path / ".env").write_text(
+        f"REDIS_URL={redis_url}\nTSR_MODEL={tiny_fixture_dir}\nREMBG_MODEL={model}\nALLOW_PRIVATE_URLS=true\n"
+        f"BACKEND_URL={backend.server.url('/')}\nWEBHOOK_PATH=/hooks\nLOCAL_STORAGE_DIR={backend.storage_dir}\n"
+        "QUEUE_NAME=serve-queue\nDEFAULT_QUALITY=fast\n")
     process = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "serve", "--cpu-only", "--port", str(port)],
                                env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -45,9 +48,10 @@ def test_serve_runs_the_graph_on_the_cpu_and_stops_on_ctrl_c(redis_url: str, tin
 
         wait_for(healthy, "shop3d serve healthy", timeout_s=240, every_s=1)
         job = {"job_id": "serve-1", "shop": "s.myshopify.com", "product_id": "1", "product_handle": "mug",
-               "image_urls": [photo], "quality": "fast"}
-        redis.Redis.from_url(redis_url).lpush("celery", json.dumps(job))
+               "image_urls": [photo]}
+        redis.Redis.from_url(redis_url).lpush("serve-queue", json.dumps(job))
         wait_for(lambda: bool(backend.events("serve-1", "completed")), "job completed", timeout_s=180)
+        assert backend.events("serve-1", "completed")[0]["stats"]["quality"] == "fast"   # DEFAULT_QUALITY
         process.send_signal(signal.SIGINT)
         started = time.monotonic()
         assert process.wait(timeout=90) == 0

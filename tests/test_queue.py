@@ -636,3 +636,36 @@ def test_job_state_helpers(redis_url: str) -> None:
             assert 0 < await client.ttl(job_key("job-without-state")) <= CONFIG.state_ttl_s
 
     run(scenario())
+
+
+def test_a_claim_whose_reply_was_lost_is_handed_back_while_the_loop_waits_in_blmove(redis_url: str) -> None:
+    """A BLMOVE whose reply an outage lost leaves the raw in our list, known to no claim. An idle consumer is
+    always inside the next BLMOVE, so the orphan sweep must not wait for a moment with no claim in flight:
+    the raw goes back after the client's socket timeout and is claimed again."""
+    job = make_job()
+
+    async def scenario() -> None:
+        client = aioredis.Redis.from_url(redis_url, socket_timeout=1.0)   # orphan grace: 2 s
+        queue = ReliableQueue(client, QUEUE, "idle-0", CONFIG)
+        await queue.start()
+        claimed: asyncio.Queue[Claim] = asyncio.Queue()
+
+        async def claim_forever() -> None:
+            while True:
+                claim = await queue.claim()
+                if claim is not None:
+                    claimed.put_nowait(claim)
+
+        loop = asyncio.create_task(claim_forever())
+        try:
+            await asyncio.sleep(0.5)   # the loop is waiting in BLMOVE on the empty queue
+            await client.lpush(processing_key("idle-0"), to_queue_message(job))   # the lost reply's raw
+            claim = await claimed.get()
+            assert claim.job == job and claim.runnable
+            await queue.complete(claim, RESULT)
+        finally:
+            loop.cancel()
+            await queue.stop()
+            await client.aclose()
+
+    run(scenario(), timeout_s=20)

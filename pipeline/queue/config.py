@@ -93,6 +93,14 @@ def validate_client(redis: aioredis.Redis, config: QueueConfig) -> None:
                          "or every idle BLMOVE ends in TimeoutError")
 
 
+def orphan_grace(redis: aioredis.Redis, config: QueueConfig) -> float:
+    """How long an unregistered raw may sit in our list before it counts as an orphan: past the client's
+    socket timeout (plus a second), a BLMOVE that moved it has returned or failed; a client without a
+    timeout gets the timeout `connect` would have set."""
+    timeout = redis.connection_pool.connection_kwargs.get("socket_timeout")
+    return float(timeout if timeout is not None else config.block_s + 10.0) + 1.0
+
+
 def validate_consumer_id(consumer_id: str) -> str:
     """Consumer ids become Redis key parts: 1-200 chars of [A-Za-z0-9._:-]."""
     if not _CONSUMER_ID.match(consumer_id):

@@ -45,6 +45,7 @@ from pipeline.queue.config import (
     backoff_delay,
     connect,
     default_consumer_id,
+    orphan_grace,
     reply_bytes,
     retry_delay,
     validate_client,
@@ -122,7 +123,8 @@ class ReliableQueue:
         self._claims_started = 0
         self._stop = asyncio.Event()   # an Event, not a bool: set by stop() while claim() awaits
         self._redis_failures = 0
-        self._upkeep = QueueUpkeep(redis, self._scripts, queue_name, consumer_id, self.config, self)
+        self._upkeep = QueueUpkeep(redis, self._scripts, queue_name, consumer_id, self.config, self,
+                                   orphan_grace_s=orphan_grace(redis, self.config))
 
     # ----- lifecycle -------------------------------------------------------------------------------
 
@@ -167,8 +169,8 @@ class ReliableQueue:
     def running_job_ids(self) -> list[str]:
         return [claim.job_id for claim in self._running.values() if claim.job_id is not None]
 
-    def claims_epoch(self) -> int | None:
-        return None if self._claims_pending else self._claims_started
+    def claims_started(self) -> int:
+        return self._claims_started
 
     # ----- taking ----------------------------------------------------------------------------------
 

@@ -42,15 +42,15 @@ class ClaimHolder(Protocol):
     def running_job_ids(self) -> list[str]:
         """Job ids whose locks this consumer holds."""
 
-    def claims_epoch(self) -> int | None:
-        """A counter of claims started, or None while a claim is in progress (its raw may be unregistered)."""
+    def claims_started(self) -> int:
+        """How many claims (BLMOVEs) this consumer has started; 0: none can be in flight."""
 
 
 class QueueUpkeep:
     """Heartbeat and reaper loops of one consumer; `check_health` raises when either has died."""
 
     def __init__(self, redis: aioredis.Redis, scripts: QueueScripts, queue_name: str, consumer_id: str,
-                 config: QueueConfig, holder: ClaimHolder) -> None:
+                 config: QueueConfig, holder: ClaimHolder, *, orphan_grace_s: float) -> None:
         self.redis = redis
         self.scripts = scripts
         self.queue_name = queue_name
@@ -64,6 +64,8 @@ class QueueUpkeep:
         self._lapse_reported = False
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
+        self.orphan_grace_s = orphan_grace_s
+        self._suspects: dict[bytes, float] = {}   # unregistered raw in our list -> when first seen (monotonic)
 
     def start(self) -> None:
         self._stopping.clear()
@@ -143,16 +145,24 @@ class QueueUpkeep:
         return total
 
     async def sweep_orphans(self) -> int:
-        """Hand back raws in our own list that no claim holds; skipped while a claim is in flight."""
-        epoch = self.holder.claims_epoch()
-        if epoch is None:
-            return 0
-        listed = [reply_bytes(raw) for raw in await self.redis.lrange(self._processing, 0, -1)]
-        if not listed or self.holder.claims_epoch() != epoch:
-            return 0   # a claim started meanwhile: its raw may be listed but not yet registered
-        orphans = Counter(listed) - self.holder.known_raws()
+        """Hand back raws in our own list that no claim holds and that stayed so for `orphan_grace_s`.
+
+        A BLMOVE in flight may have moved a raw its reply has not registered yet; once the client's socket
+        timeout has passed, that reply has arrived or is lost for good, so a raw still unknown is an orphan.
+        Before any claim started, everything unknown is a previous run's leftover and goes back at once.
+        (Skipping the sweep while a claim is in flight, as it once did, starved it: an idle consumer's loop
+        is always waiting in BLMOVE, so a message whose reply a Redis restart lost stayed stranded.)
+        """
+        listed = Counter(reply_bytes(raw) for raw in await self.redis.lrange(self._processing, 0, -1))
+        unknown = listed - self.holder.known_raws()
+        now = time.monotonic()
+        self._suspects = {raw: self._suspects.get(raw, now) for raw in unknown}
+        fresh_start = self.holder.claims_started() == 0
         moved = 0
-        for raw, count in orphans.items():
+        for raw, count in unknown.items():
+            if not fresh_start and now - self._suspects[raw] < self.orphan_grace_s:
+                continue
+            self._suspects.pop(raw, None)
             for _ in range(count):
                 moved += int(await self.scripts.hand_back(keys=[self._processing, self.queue_name], args=[raw]))
         if moved:
