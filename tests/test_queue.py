@@ -650,13 +650,15 @@ def test_a_claim_whose_reply_was_lost_is_handed_back_while_the_loop_waits_in_blm
         await queue.start()
         claimed: asyncio.Queue[Claim] = asyncio.Queue()
 
-        async def claim_forever() -> None:
-            while True:
+        done = asyncio.Event()
+
+        async def claim_until_done() -> None:   # an Event, not cancel(): redis-py can swallow a cancellation
+            while not done.is_set():
                 claim = await queue.claim()
                 if claim is not None:
                     claimed.put_nowait(claim)
 
-        loop = asyncio.create_task(claim_forever())
+        loop = asyncio.create_task(claim_until_done())
         try:
             await asyncio.sleep(0.5)   # the loop is waiting in BLMOVE on the empty queue
             await client.lpush(processing_key("idle-0"), to_queue_message(job))   # the lost reply's raw
@@ -664,7 +666,8 @@ def test_a_claim_whose_reply_was_lost_is_handed_back_while_the_loop_waits_in_blm
             assert claim.job == job and claim.runnable
             await queue.complete(claim, RESULT)
         finally:
-            loop.cancel()
+            done.set()
+            await loop
             await queue.stop()
             await client.aclose()
 
