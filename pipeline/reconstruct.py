@@ -23,7 +23,7 @@ from pipeline.model import TripoSR
 from pipeline.model.color_field import ColorField
 from pipeline.presets import DEFAULT_CHUNK_SIZE
 
-__all__ = ["ExtractionMethod", "Reconstruction", "model_batch", "reconstruct_meshes"]
+__all__ = ["DEFAULT_THRESHOLD", "ExtractionMethod", "Reconstruction", "model_batch", "reconstruct_meshes"]
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import asyncio
 import json
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -20,13 +20,12 @@ import httpx
 from pipeline.delivery.storage import DirectoryStore
 from pipeline.errors import JobRejected
 from pipeline.intake.download import DownloadPolicy, fetch_image
+from pipeline.intake.selection import Fetcher
 from pipeline.jobs.envelopes import Job
 from pipeline.jobs.state import JobResult
 from pipeline.run.runner import Services, process_job
 from pipeline.run.stages import ProgressSink
 from pipeline.settings import Quality, Settings
-
-Fetcher = Callable[[str], Awaitable[bytes]]
 
 
 def source_to_url(source: str) -> str:

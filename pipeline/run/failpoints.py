@@ -50,9 +50,9 @@ def hit(point: str, job_id: str) -> None:
         raise InjectedFailure(f"failpoint {point} armed for job {job_id}")
 
 
-def threshold_for(job_id: str, threshold: float = 25.0) -> float:
-    """The extraction threshold of this job: `threshold`, or one no field reaches when `reconstruct.surface`
-    is armed."""
+def threshold_for(job_id: str, threshold: float) -> float:
+    """The extraction threshold of this job: `threshold` (the caller's default), or one no field reaches when
+    `reconstruct.surface` is armed."""
     return NO_SURFACE_THRESHOLD if active("reconstruct.surface", job_id) else threshold
 
 

@@ -30,7 +30,7 @@ from pipeline.jobs.envelopes import Job
 from pipeline.jobs.state import JobResult
 from pipeline.model import TripoSR
 from pipeline.presets import Preset, get_preset
-from pipeline.reconstruct import ExtractionMethod, Reconstruction, reconstruct_meshes
+from pipeline.reconstruct import DEFAULT_THRESHOLD, ExtractionMethod, Reconstruction, reconstruct_meshes
 from pipeline.run import failpoints
 from pipeline.settings import Quality, Settings
 
@@ -160,7 +160,7 @@ def reconstruct_batch(model: TripoSR, requests: Sequence[ReconstructRequest], *,
     try:
         for request in requests:
             failpoints.hit("reconstruct.forward", request.job_id)
-        thresholds = [failpoints.threshold_for(request.job_id) for request in requests]
+        thresholds = [failpoints.threshold_for(request.job_id, DEFAULT_THRESHOLD) for request in requests]
         return reconstruct_meshes(model, [r.framed for r in requests], [r.resolution for r in requests],
                                   method=method, chunk_size=chunk_size, thresholds=thresholds,
                                   color_fields=[r.color_field for r in requests])
