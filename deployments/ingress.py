@@ -1,6 +1,6 @@
 """The ingress: polls the backend's Redis list in the background and drives each job through the
 graph (matting -> reconstruct -> publish, chained without awaiting each hop); HTTP routes for health,
-job state and enqueueing.
+job state and enqueueing, plus the operator API and console (pipeline.console.api).
 
 The claim loop is `pipeline.run.worker.JobWorker`; this file only wires it to DeploymentHandles, Ray
 metrics and FastAPI. Redis being down at start-up is not a constructor failure (Serve would give up
@@ -22,6 +22,8 @@ from redis.exceptions import RedisError
 from deployments.metrics import IngressMetrics
 from deployments.remote_errors import raise_sorted
 from deployments.settings import replica_settings
+from pipeline.console.api import ConsoleContext, authorize, install
+from pipeline.console.api import router as console_router
 from pipeline.delivery.reporting import JobReporter
 from pipeline.delivery.webhooks import WebhookSender
 from pipeline.errors import JobRejected, TransientError
@@ -42,6 +44,7 @@ from pipeline.run.worker import JobWorker
 logger = logging.getLogger(__name__)
 
 api = FastAPI(title="shop3d", description="Product photos to AR-ready 3D models")
+api.include_router(console_router)
 OBSERVE_INTERVAL_S = 5.0
 
 
@@ -63,6 +66,7 @@ class Ingress:
         self.redis = connect(settings.redis_url, config)
         sender = (WebhookSender(settings.webhook_url, settings.webhook_secret,
                                 max_attempts=settings.webhook_max_attempts) if settings.webhook_url else None)
+        install(ConsoleContext(self.redis, settings.queue_name, settings.operator_token, sender))
         queue = ReliableQueue(self.redis, settings.queue_name, default_consumer_id(), config)
         self.worker = JobWorker(queue, self._execute, JobReporter(self.redis, sender),
                                 max_inflight=settings.max_inflight, metrics=self.metrics)
@@ -138,7 +142,9 @@ class Ingress:
 
     @api.post("/jobs", status_code=202)
     async def enqueue(self, request: Request) -> dict[str, Any]:
-        """Validate a job (the bare job fields) and push it as the backend would; 422 with the code if invalid."""
+        """Validate a job (the bare job fields) and push it as the backend would; 422 with the code if invalid.
+        Operators only: 401 without the token, 403 when no OPERATOR_TOKEN is configured."""
+        authorize(request, disabled_status=403)
         try:
             fields = await request.json()
             if not isinstance(fields, dict):

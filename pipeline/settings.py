@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr | None = None
     webhook_max_attempts: int = Field(6, ge=1)
 
+    # operators: POST /jobs, the admin API and the console at /ui need `Authorization: Bearer <token>`
+    # (or the console's session cookie); unset, those routes are disabled, not open.
+    operator_token: SecretStr | None = None
+
     # models and compute
     tsr_model: str = "stabilityai/TripoSR"
     rembg_model: str = "u2net"

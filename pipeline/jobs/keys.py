@@ -50,3 +50,15 @@ def job_key(job_id: str) -> str:
 def lock_key(job_id: str) -> str:
     """Held (`SET NX PX`, value = consumer) while one consumer runs the job, so two replicas never do."""
     return f"{PREFIX}job:{job_id}:lock"
+
+# The job index: ZSETs of job ids scored by their last state write (unix µs), one of every job and one
+# per status, written in the same script as the state (pipeline.jobs.index). Entries older than the
+# state's TTL or past the newest JOBS_INDEXED are trimmed on each write, so listing never scans keys.
+JOBS_RECENT_KEY = PREFIX + "jobs:recent"
+JOB_STATUSES = ("queued", "processing", "completed", "failed")
+JOBS_INDEXED = 10_000
+
+
+def jobs_by_status_key(status: str) -> str:
+    """The index ZSET of jobs whose current status is `status`."""
+    return f"{PREFIX}jobs:status:{status}"

@@ -11,7 +11,7 @@ functions apply them directly, for callers outside the queue (progress updates, 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -20,21 +20,36 @@ import redis.asyncio as aioredis
 
 from pipeline.errors import Shop3dError
 from pipeline.jobs.envelopes import Job
+from pipeline.jobs.index import INDEX_FUNCTION, INDEX_KEYS, index_key
 from pipeline.jobs.keys import job_key
 
 JobStatus = Literal["queued", "processing", "completed", "failed"]
 STATE_TTL_S = 30 * 24 * 3600   # a month of /jobs/{id} history; also how long a completed job stays deduplicated
 CLAIMS_FIELD = "claims"   # kept in the job hash, not a global hash, so it expires with the job
 _INT_FIELDS = ("progress", "attempts", CLAIMS_FIELD)
-_JSON_FIELDS = ("assets", "stats", "error", "result")   # "result": written by delivery.reporting
+_JSON_FIELDS = ("assets", "stats", "error", "result", "history")   # result: delivery.reporting; history: requeues
 
 # Submitting must not turn a completed (deduplicated) or running job back into "queued".
-_RECORD_QUEUED = """
+# KEYS: state, INDEX_KEYS. ARGV: ttl s, created_at, job id, then field/value pairs.
+_RECORD_QUEUED = INDEX_FUNCTION + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'completed' and status ~= 'processing' then redis.call('HSET', KEYS[1], 'status', 'queued') end
 redis.call('HSETNX', KEYS[1], 'created_at', ARGV[2])
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
+index_job(KEYS[1], ARGV[3], ARGV[1], 2)
+return 1
+"""
+
+# Any other write outside the queue's scripts. KEYS: state, INDEX_KEYS. ARGV: job id, ttl s, created_at
+# ('' to leave it), number of fields to delete, those fields, then field/value pairs to set.
+_WRITE_STATE = INDEX_FUNCTION + """
+local job_id, ttl, created, deleted = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+if deleted > 0 then redis.call('HDEL', KEYS[1], unpack(ARGV, 5, 4 + deleted)) end
+if #ARGV > 4 + deleted then redis.call('HSET', KEYS[1], unpack(ARGV, 5 + deleted)) end
+if created ~= '' then redis.call('HSETNX', KEYS[1], 'created_at', created) end
+redis.call('EXPIRE', KEYS[1], ttl)
+index_job(KEYS[1], job_id, ttl, 2)
 return 1
 """
 
@@ -130,7 +145,8 @@ async def record_queued(redis: aioredis.Redis, job: Job, *, ttl_s: int = STATE_T
     """Mark a submitted job `queued` (unless it is already completed or running)."""
     now = utc_now()
     pairs = flatten({**job_fields(job), "updated_at": now})
-    await redis.eval(_RECORD_QUEUED, 1, job_key(job.job_id), ttl_s, now, *pairs)
+    await redis.eval(_RECORD_QUEUED, 1 + len(INDEX_KEYS), job_key(job.job_id), *INDEX_KEYS, ttl_s, now, job.job_id,
+                     *pairs)
 
 
 async def record_progress(redis: aioredis.Redis, job_id: str, *, stage: str, progress: int) -> None:
@@ -139,10 +155,23 @@ async def record_progress(redis: aioredis.Redis, job_id: str, *, stage: str, pro
 
 
 async def update_job(redis: aioredis.Redis, job_id: str, fields: Mapping[str, str], *,
-                     ttl_s: int = STATE_TTL_S) -> None:
-    """HSET `fields` on the job hash and renew its TTL in one transaction, so no write leaves a hash
-    that never expires (a bare HSET would create one for an unknown or already expired job)."""
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.hset(job_key(job_id), items=flatten(fields))
-        pipe.expire(job_key(job_id), ttl_s)
-        await pipe.execute()
+                     ttl_s: int = STATE_TTL_S, delete: Sequence[str] = (), created_at: str | None = None) -> None:
+    """HSET `fields` (after HDEL of `delete`) on the job hash, renew its TTL and move the job in the index,
+    in one script: no write leaves a hash that never expires (a bare HSET would create one for an unknown
+    or expired job) or an index that disagrees with the hash. `created_at` is set only if missing."""
+    await redis.eval(_WRITE_STATE, 1 + len(INDEX_KEYS), job_key(job_id), *INDEX_KEYS, job_id, ttl_s,
+                     created_at or "", len(delete), *delete, *flatten(fields))
+
+
+async def list_jobs(redis: aioredis.Redis, *, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    """The newest `limit` jobs (by last state write), all or those with `status`, as decoded states with
+    their `job_id`. Reads the index and the listed hashes only; one whose hash expired is skipped."""
+    if limit < 1:
+        return []
+    replies = await redis.zrevrange(index_key(status), 0, limit - 1)   # members only (no WITHSCORES)
+    job_ids = [reply.decode() if isinstance(reply, bytes) else str(reply) for reply in replies]
+    async with redis.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            pipe.hgetall(job_key(job_id))
+        hashes = await pipe.execute()
+    return [{"job_id": job_id, **decode_state(raw)} for job_id, raw in zip(job_ids, hashes, strict=True) if raw]

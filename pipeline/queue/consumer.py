@@ -36,6 +36,7 @@ import redis.asyncio as aioredis
 from pipeline.errors import JobRejected, Shop3dError, TransientError, error_from_exception
 from pipeline.jobs import state as job_state
 from pipeline.jobs.envelopes import Job, ParsedMessage, parse_message
+from pipeline.jobs.index import INDEX_KEYS
 from pipeline.jobs.keys import DEAD_INFO_KEY, DEAD_KEY, DELAYED_KEY, heartbeat_key, job_key, lock_key, processing_key
 from pipeline.jobs.state import JobResult
 from pipeline.queue.admin import DeadLetter, dead_letter_count, dead_letters, enqueue, queue_depth, submit_job
@@ -256,15 +257,10 @@ class ReliableQueue:
         return claim
 
     async def _record_claimed(self, claim: Claim, job: Job) -> None:
-        key = job_key(job.job_id)
         now = job_state.utc_now()
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, items=job_state.flatten(job_state.claimed_fields(job, attempt=claim.attempt,
-                                                                            consumer=self.consumer_id, now=now)))
-            pipe.hsetnx(key, "created_at", now)
-            pipe.hdel(key, "error", "retry_at", "finished_at")
-            pipe.expire(key, self.config.state_ttl_s)
-            await pipe.execute()
+        await job_state.update_job(self.redis, job.job_id, job_state.claimed_fields(
+            job, attempt=claim.attempt, consumer=self.consumer_id, now=now), ttl_s=self.config.state_ttl_s,
+            delete=("error", "retry_at", "finished_at"), created_at=now)
 
     # ----- settling --------------------------------------------------------------------------------
 
@@ -332,7 +328,7 @@ class ReliableQueue:
                           due: float = 0.0, info: str = "") -> tuple[int, bool]:
         """(script status, whether a reconnect happened); raises the Redis error after settle_timeout_s."""
         keys = [self._heartbeat, self._processing, lock_key(job_id), job_key(job_id), self.queue_name,
-                DELAYED_KEY, DEAD_KEY, DEAD_INFO_KEY]
+                DELAYED_KEY, DEAD_KEY, DEAD_INFO_KEY, *INDEX_KEYS]
         pairs = job_state.flatten(fields)
         args: list[Any] = [mode, raw, job_id, self.consumer_id, self.config.state_ttl_s, due, info,
                            self.config.dead_letters_kept, *pairs]

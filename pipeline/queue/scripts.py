@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
+from pipeline.jobs.index import INDEX_FUNCTION
+
 # Admit a taken job. KEYS: state, lock, processing, delayed.
 # ARGV: consumer, lock ttl ms, raw, due time for a busy copy (unix s), state ttl s.
 # Returns {0, 0} completed already (acked), {1, 0} another consumer runs it (deferred), {2, attempt}.
@@ -32,14 +34,15 @@ redis.call('EXPIRE', KEYS[1], ARGV[5])
 return {2, attempt}
 """
 
-# Settle a claimed message. KEYS: heartbeat, processing, lock, state, queue, delayed, dead, dead_info.
+# Settle a claimed message. KEYS: heartbeat, processing, lock, state, queue, delayed, dead, dead_info,
+# then INDEX_KEYS (the job index moves with the state).
 # ARGV: mode (ack|retry|dead|release), raw, job_id ('' if unknown), consumer, state ttl s, retry due
 #       time (unix s), dead-letter info JSON, dead letters kept, then state field/value pairs.
 # Returns 1 settled, 0 the message is no longer in this consumer's list, -1 the heartbeat had lapsed:
 # the message (if still ours) went back to the queue instead, so nobody acks it twice (self-fencing).
 # The dead list keeps its newest ARGV[8] entries; a dropped raw loses its info entry unless another
 # copy of the same bytes is still listed (the info hash is keyed by the raw's sha1).
-SETTLE = """
+SETTLE = INDEX_FUNCTION + """
 local hb, proc, lock, state, queue, delayed, dead, dead_info = unpack(KEYS)
 local mode, raw, job_id, consumer = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local function release_lock()
@@ -75,7 +78,10 @@ if job_id ~= '' and #ARGV >= 9 then
   if mode ~= 'retry' then redis.call('HDEL', state, 'retry_at') end
   redis.call('HSET', state, unpack(ARGV, 9))
 end
-if job_id ~= '' then redis.call('EXPIRE', state, ARGV[5]) end
+if job_id ~= '' then
+  redis.call('EXPIRE', state, ARGV[5])
+  index_job(state, job_id, ARGV[5], 9)
+end
 return 1
 """
 
@@ -139,3 +145,31 @@ class QueueScripts:
                    reap=redis.register_script(REAP), promote=redis.register_script(PROMOTE),
                    hand_back=redis.register_script(HAND_BACK),
                    renew_locks=redis.register_script(RENEW_LOCKS))
+
+# Put a dead letter back on the queue for an operator. KEYS: dead, dead_info, state, queue, INDEX_KEYS.
+# ARGV: raw, job id ('' if unknown), state ttl s, now (ISO), who asked. Returns 1, or 0 if it is no
+# longer dead-lettered. The job keeps its id and hash; its attempts restart (the claims counter goes),
+# the last error and attempt count move into `history` with the requeue, and the `failed` delivery
+# record is cleared so the new outcome is reported.
+REQUEUE_DEAD = INDEX_FUNCTION + """
+local dead, dead_info, state, queue = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local raw, job_id, ttl, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+if redis.call('LREM', dead, 1, raw) == 0 then return 0 end
+if not redis.call('LPOS', dead, raw) then redis.call('HDEL', dead_info, redis.sha1hex(raw)) end
+if job_id ~= '' then
+  local previous = redis.call('HMGET', state, 'attempts', 'error', 'history')
+  local event = {event = 'requeued', at = now, by = ARGV[5]}
+  if previous[1] then event.previous_attempts = tonumber(previous[1]) end
+  if previous[2] then event.previous_error = cjson.decode(previous[2]) end
+  local history = {}
+  if previous[3] then history = cjson.decode(previous[3]) end
+  table.insert(history, event)
+  redis.call('HDEL', state, 'claims', 'error', 'retry_at', 'finished_at', 'webhook_failed', 'webhook_failed_error')
+  redis.call('HSET', state, 'status', 'queued', 'stage', 'requeued', 'progress', '0', 'attempts', '0',
+             'history', cjson.encode(history), 'updated_at', now)
+  redis.call('EXPIRE', state, ttl)
+  index_job(state, job_id, ttl, 5)
+end
+redis.call('LPUSH', queue, raw)
+return 1
+"""
