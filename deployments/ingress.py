@@ -1,19 +1,19 @@
 """The ingress: polls the backend's Redis list in the background and drives each job through the
 graph (matting -> reconstruct -> publish, chained without awaiting each hop); HTTP routes for health,
-job state and enqueueing, plus the operator API and console (pipeline.console.api).
+job state; the operator API (enqueueing too) and console come from pipeline.console.api.
 
 The claim loop is `pipeline.run.worker.JobWorker`; this file only wires it to DeploymentHandles, Ray
 metrics and FastAPI. Redis being down at start-up is not a constructor failure (Serve would give up
 after a few retries): the loop connects with backoff, and /health reports it.
 """
 
-# No `from __future__ import annotations`: FastAPI must see real types on the routes (Request).
+# No `from __future__ import annotations`: FastAPI must see real types on the routes.
 import asyncio
 import contextlib
 import logging
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -22,12 +22,12 @@ from redis.exceptions import RedisError
 from deployments.metrics import IngressMetrics
 from deployments.remote_errors import raise_sorted
 from deployments.settings import replica_settings
-from pipeline.console.api import ConsoleContext, authorize, install
+from pipeline.console.api import ConsoleContext, install
 from pipeline.console.api import router as console_router
 from pipeline.delivery.reporting import JobReporter
 from pipeline.delivery.webhooks import WebhookSender
-from pipeline.errors import JobRejected, TransientError
-from pipeline.jobs.envelopes import Job, validate_job
+from pipeline.errors import TransientError
+from pipeline.jobs.envelopes import Job
 from pipeline.jobs.state import JobResult, get_job_state
 from pipeline.queue.consumer import (
     QueueConfig,
@@ -36,7 +36,6 @@ from pipeline.queue.consumer import (
     dead_letter_count,
     default_consumer_id,
     queue_depth,
-    submit_job,
 )
 from pipeline.run.stages import JobDefaults
 from pipeline.run.worker import JobWorker
@@ -139,23 +138,6 @@ class Ingress:
         if state is None:
             raise HTTPException(404, f"no job {job_id!r}")
         return state
-
-    @api.post("/jobs", status_code=202)
-    async def enqueue(self, request: Request) -> dict[str, Any]:
-        """Validate a job (the bare job fields) and push it as the backend would; 422 with the code if invalid.
-        Operators only: 401 without the token, 403 when no OPERATOR_TOKEN is configured."""
-        authorize(request, disabled_status=403)
-        try:
-            fields = await request.json()
-            if not isinstance(fields, dict):
-                raise JobRejected("invalid_job", "the body must be a JSON object of job fields")
-            job = validate_job(fields)
-        except JobRejected as exc:
-            raise HTTPException(422, exc.to_dict()) from None
-        except ValueError:
-            raise HTTPException(422, {"code": "malformed_message", "message": "the body is not JSON"}) from None
-        await submit_job(self.redis, self.settings.queue_name, job)
-        return {"job_id": job.job_id, "status": "queued"}
 
     async def _redis_ok(self) -> bool:
         try:

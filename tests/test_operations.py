@@ -33,7 +33,7 @@ from pipeline.testing.http_server import LocalHTTPServer, Response
 from pipeline.testing.matting_model import make_product_photo
 from tests.test_worker import FAST, QUEUE, Backend, Harness, eventually, job_fields, readme_message, run_with_worker
 
-TOKEN = "op-token-4f1c9a"  # noqa: S105 - a test credential
+TOKEN = "op-token-4f1c9a"   # a test credential
 
 
 @asynccontextmanager
@@ -122,6 +122,9 @@ def test_without_a_token_configured_every_operator_route_is_disabled(redis_url: 
                 answer = await client.request(method, path, headers=bearer())
                 assert answer.status_code == 404, (method, path, answer.text)
             assert (await client.post("/ui/session", json={"token": TOKEN})).status_code == 404
+            refused = await client.post("/jobs", json=job_fields("j", ["https://cdn.example.com/a.jpg"]),
+                                        headers=bearer())
+            assert refused.status_code == 403 and "OPERATOR_TOKEN" in refused.text
 
     asyncio.run(scenario())
 
@@ -136,7 +139,14 @@ def test_a_missing_or_wrong_token_gets_401_and_the_right_one_or_its_session_work
                     assert answer.headers["www-authenticate"] == "Bearer"
                     assert "wrong-token-value" not in answer.text and TOKEN not in answer.text
             assert (await client.get("/jobs", headers=bearer())).json() == {"jobs": []}
-            assert (await client.get("/queue", headers=bearer())).json()["depth"] == 0
+            fields = job_fields("posted", ["https://cdn.example.com/a.jpg"])
+            for headers in ({}, bearer("wrong-token-value")):
+                assert (await client.post("/jobs", json=fields, headers=headers)).status_code == 401
+            accepted = await client.post("/jobs", json=fields, headers=bearer())
+            assert accepted.status_code == 202 and accepted.json() == {"job_id": "posted", "status": "queued"}
+            (listed,) = (await client.get("/jobs", params={"status": "queued"}, headers=bearer())).json()["jobs"]
+            assert listed["job_id"] == "posted" and listed["shop"] == fields["shop"]
+            assert (await client.get("/queue", headers=bearer())).json()["depth"] == 1
             assert (await client.post("/dead/nobody/requeue", headers=bearer())).status_code == 404
             assert (await client.post("/webhooks/replay", headers=bearer())).status_code == 409   # no backend
             # The console: 401 with its login page, then a session cookie instead of the token.

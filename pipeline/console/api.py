@@ -1,6 +1,8 @@
 """The operator API and console routes, as a FastAPI router the ingress includes (and tests mount
-in-process): recent jobs, the queue at a glance, dead letters with requeue, undelivered webhooks with
-replay, and the console page at /ui.
+in-process): enqueueing (POST /jobs), recent jobs, the queue at a glance, dead letters with requeue,
+undelivered webhooks with replay, and the console page at /ui.
+
+Only GET /jobs/{id} and /health stay with the ingress, open.
 
 The router reads its Redis client and settings from the process's `ConsoleContext`, installed by the
 ingress constructor: Serve pickles the FastAPI app by value into each replica, so the constructor
@@ -26,9 +28,11 @@ from redis.exceptions import RedisError
 from pipeline.console.auth import SESSION_COOKIE, Access, check_access, session_value
 from pipeline.delivery.replay import replay_webhooks, undelivered_webhooks
 from pipeline.delivery.webhooks import WebhookSender
+from pipeline.errors import JobRejected
+from pipeline.jobs.envelopes import validate_job
 from pipeline.jobs.keys import JOB_STATUSES
 from pipeline.jobs.state import list_jobs
-from pipeline.queue.admin import dead_letters, requeue_dead_job
+from pipeline.queue.admin import dead_letters, requeue_dead_job, submit_job
 from pipeline.queue.overview import queue_overview
 
 logger = logging.getLogger(__name__)
@@ -96,6 +100,25 @@ async def recent_jobs(operator: Operator, status: str | None = None, limit: Limi
         raise HTTPException(422, f"status must be one of {', '.join(JOB_STATUSES)}")
     async with redis_answers():
         return {"jobs": await list_jobs(operator.redis, status=status, limit=limit)}
+
+
+@router.post("/jobs", status_code=202)
+async def enqueue(request: Request) -> dict[str, Any]:
+    """Validate a job (the bare job fields) and push it as the backend would; 422 with the code if invalid.
+    Operators only: 401 without the token, 403 (not 404: the route exists) when none is configured."""
+    context = authorize(request, disabled_status=403)
+    try:
+        fields = await request.json()
+        if not isinstance(fields, dict):
+            raise JobRejected("invalid_job", "the body must be a JSON object of job fields")
+        job = validate_job(fields)
+    except JobRejected as exc:
+        raise HTTPException(422, exc.to_dict()) from None
+    except ValueError:
+        raise HTTPException(422, {"code": "malformed_message", "message": "the body is not JSON"}) from None
+    async with redis_answers():
+        await submit_job(context.redis, context.queue_name, job)
+    return {"job_id": job.job_id, "status": "queued"}
 
 
 @router.get("/queue")

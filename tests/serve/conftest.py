@@ -22,6 +22,8 @@ from pipeline.testing.matting_model import write_tiny_matting_onnx
 from pipeline.testing.redis_server import RedisServer, free_port
 from tests.support.paths import TINY_FIXTURE_DIR
 
+OPERATOR_TOKEN = "graph-operator-token"   # a test credential; replicas read secrets from their env
+
 
 @dataclass(frozen=True)
 class RayCluster:
@@ -39,7 +41,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster
     u2net_home = work / "u2net"
     matting = write_tiny_matting_onnx(u2net_home / "models" / "tiny.onnx")
     saved = dict(os.environ)
-    os.environ.update(RAY_ENV, U2NET_HOME=str(u2net_home))
+    os.environ.update(RAY_ENV, U2NET_HOME=str(u2net_home), OPERATOR_TOKEN=OPERATOR_TOKEN)
     import ray
     from ray import serve
 

@@ -20,10 +20,11 @@ from celery import Celery
 from pipeline.testing.graph import Backend, small_options, wait_for
 from pipeline.testing.matting_model import make_product_photo
 from pipeline.testing.redis_server import RedisServer, free_port
-from tests.serve.conftest import RayCluster, app_args
+from tests.serve.conftest import OPERATOR_TOKEN, RayCluster, app_args
 
 pytestmark = pytest.mark.ray
 APP = "shop3d"
+OPERATOR = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
 
 
 @dataclass
@@ -126,7 +127,9 @@ def test_http_routes_health_enqueue_and_job_state(graph: Graph) -> None:
     body = health.json()
     assert body["redis"] is True and body["loop"] is True and body["models"]["reconstruct"]["device"] == "cpu"
 
-    accepted = httpx.post(f"{graph.base_url}/jobs", json=job_fields("g-http", [graph.photo_url]), timeout=10)
+    fields = job_fields("g-http", [graph.photo_url])
+    assert httpx.post(f"{graph.base_url}/jobs", json=fields, timeout=10).status_code == 401   # operators only
+    accepted = httpx.post(f"{graph.base_url}/jobs", json=fields, headers=OPERATOR, timeout=10)
     assert accepted.status_code == 202, accepted.text
     assert accepted.json() == {"job_id": "g-http", "status": "queued"}
     graph.wait_status("g-http", "completed")
@@ -134,9 +137,12 @@ def test_http_routes_health_enqueue_and_job_state(graph: Graph) -> None:
     assert state["status"] == "completed" and state["assets"]["glb"].endswith("/g-http/model.glb")
     assert state["result"]["assets"] == state["assets"]   # the recorded result is JSON, not a JSON string
 
-    invalid = httpx.post(f"{graph.base_url}/jobs", json={"job_id": "x"}, timeout=10)
+    invalid = httpx.post(f"{graph.base_url}/jobs", json={"job_id": "x"}, headers=OPERATOR, timeout=10)
     assert invalid.status_code == 422 and invalid.json()["detail"]["code"] == "invalid_job"
     assert httpx.get(f"{graph.base_url}/jobs/nope", timeout=10).status_code == 404
+    recent = httpx.get(f"{graph.base_url}/jobs", params={"status": "completed"}, headers=OPERATOR, timeout=10)
+    assert "g-http" in [job["job_id"] for job in recent.json()["jobs"]]
+    assert httpx.get(f"{graph.base_url}/queue", timeout=10).status_code == 401
 
 
 def test_service_metrics_reach_rays_metrics_endpoint(graph: Graph, ray_cluster: RayCluster) -> None:
