@@ -1,7 +1,9 @@
-"""`shop3d generate`: photos (paths or URLs) -> `model.glb` + `summary.json` in one directory, in-process.
+"""`shop3d generate`: photos (paths or URLs) -> the job's files + `summary.json` in one directory, in-process.
 
 Local paths become `file://` URLs that only this command's fetcher reads (the service never does: its
 downloader refuses every scheme but http(s)). URLs go through the same SSRF-safe downloader as jobs.
+`--formats`, `--height/--width/--depth` and `--title` become the job's `formats` and `metadata`, exactly
+as a queue job carries them, so the one job path sizes the model and writes the files.
 """
 
 from __future__ import annotations
@@ -10,22 +12,69 @@ import asyncio
 import json
 import re
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import httpx
 
+from pipeline.assets.formats import OutputFormat, resolve_formats
+from pipeline.assets.geometry import MAX_DIMENSION_M, UNIT_TO_METRES
 from pipeline.delivery.storage import DirectoryStore
 from pipeline.errors import JobRejected
 from pipeline.intake.download import DownloadPolicy, fetch_image
+from pipeline.intake.matting import MattingModelError
 from pipeline.intake.selection import Fetcher
-from pipeline.jobs.envelopes import Job
+from pipeline.jobs.envelopes import Job, validate_job
 from pipeline.jobs.state import JobResult
+from pipeline.model import CheckpointError, ConfigError, ModelUnavailableError
 from pipeline.run.runner import Services, process_job
 from pipeline.run.stages import ProgressSink
 from pipeline.settings import Quality, Settings
+
+_LENGTH = re.compile(r'\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([A-Za-z"]+)\s*')
+
+
+class ServicesUnavailable(RuntimeError):
+    """The model, matting model or device the settings name cannot be loaded on this machine.
+
+    A problem of the machine or its settings, not of the job; the message is one line and holds no secret.
+    """
+
+
+def parse_length(text: str) -> float:
+    """'11cm', '0.11 m', '110mm', '4.3in', '1ft' -> metres (to the nanometre); ValueError says what is wrong.
+
+    The unit is required: a bare '11' could be any of them. Units and range are the job metadata's own.
+    """
+    match = _LENGTH.fullmatch(text)
+    if match is None:
+        raise ValueError(f"{text[:40]!r} is not a length with a unit, like 11cm, 0.11m, 110mm or 4.3in")
+    factor = UNIT_TO_METRES.get(match.group(2).lower())
+    if factor is None:
+        raise ValueError(f"unknown unit {match.group(2)[:20]!r} in {text[:40]!r}; use m, cm, mm, in or ft")
+    metres = round(float(match.group(1)) * factor, 9)
+    if not 0 < metres <= MAX_DIMENSION_M:
+        raise ValueError(f"{text[:40]!r} is outside (0, {MAX_DIMENSION_M:g} m]")
+    return metres
+
+
+def parse_formats(text: str) -> tuple[OutputFormat, ...]:
+    """'glb,usdz' -> ('glb', 'usdz'), deduplicated in order; ValueError names the known formats (the job's rule)."""
+    return resolve_formats([name.strip().lower() for name in text.split(",") if name.strip()])
+
+
+def job_metadata(title: str | None = None, *, width_m: float | None = None, height_m: float | None = None,
+                 depth_m: float | None = None) -> dict[str, Any]:
+    """A job's `metadata` as the queue carries it: `productTitle`, and `dimensions` all in one unit (metres),
+    from which the exporter scales the model to real size (height wins when given)."""
+    metadata: dict[str, Any] = {"productTitle": title} if title else {}
+    sizes = {axis: size for axis, size in (("width", width_m), ("height", height_m), ("depth", depth_m))
+             if size is not None}
+    if sizes:
+        metadata["dimensions"] = {**sizes, "unit": "m"}
+    return metadata
 
 
 def source_to_url(source: str) -> str:
@@ -80,23 +129,50 @@ def progress_bar(enabled: bool) -> tuple[ProgressSink, Callable[[], None]]:
 
 
 def summarize(job: Job, result: JobResult) -> dict[str, Any]:
-    """summary.json: the assets, the model and QA stats, per-stage seconds and which image was used."""
+    """summary.json: the assets, the job's metadata, the model and QA stats (formats, size, scale basis),
+    per-stage seconds and which image was used."""
     stats = dict(result.stats)
     timings, image = stats.pop("timings_s", {}), stats.pop("image", {})
-    return {"job_id": job.job_id, "quality": job.quality, "assets": dict(result.assets), "stats": stats,
-            "timings_s": timings, "image": image}
+    return {"job_id": job.job_id, "quality": job.quality, "metadata": job.metadata, "assets": dict(result.assets),
+            "stats": stats, "timings_s": timings, "image": image}
+
+
+def startup_problem(exc: Exception) -> str:
+    """One line for a failure to load what the settings name, with the setting to look at."""
+    if isinstance(exc, MattingModelError):
+        label = "matting model unavailable (REMBG_MODEL)"
+    elif isinstance(exc, (ModelUnavailableError, CheckpointError, ConfigError, FileNotFoundError)):
+        label = "model unavailable (TSR_MODEL)"
+    elif isinstance(exc, ValueError):   # resolve_device, set_num_threads
+        label = "bad settings"
+    else:
+        label = "cannot start"
+    return " ".join(f"{label}: {exc}".split())
+
+
+def open_services(settings: Settings, out_dir: Path) -> Services:
+    """The model and matting session the settings name, storing into `out_dir`; ServicesUnavailable (chained
+    to the cause) when this machine cannot load them: offline without a cached model, a missing directory."""
+    try:
+        return Services.from_settings(settings, store=DirectoryStore(out_dir))
+    except (ModelUnavailableError, CheckpointError, MattingModelError, OSError, ValueError) as exc:
+        raise ServicesUnavailable(startup_problem(exc)) from exc
 
 
 async def generate(sources: Sequence[str], quality: Quality | None, out_dir: Path, settings: Settings, *,
-                   handle: str | None = None, show_progress: bool = True) -> dict[str, Any]:
+                   handle: str | None = None, formats: Sequence[OutputFormat] | None = None,
+                   metadata: Mapping[str, Any] | None = None, show_progress: bool = True) -> dict[str, Any]:
     """Run one local job over `sources`; writes its files and summary.json under `out_dir`.
 
-    `quality` None means DEFAULT_QUALITY. Only `out_dir` is written: no store the settings name is made.
+    `quality`/`formats` None mean DEFAULT_QUALITY/DEFAULT_FORMATS; `metadata` is the job's (see job_metadata).
+    Only `out_dir` is written: no store the settings name is made. Raises JobRejected, ServicesUnavailable.
     """
     urls = [source_to_url(source) for source in sources]
-    job = Job(job_id=str(uuid.uuid4()), shop="local", product_id="local",
-              product_handle=handle or handle_from_source(sources[0]), image_urls=tuple(urls), quality=quality)
-    services = Services.from_settings(settings, store=DirectoryStore(out_dir))
+    job = validate_job({"job_id": str(uuid.uuid4()), "shop": "local", "product_id": "local",
+                        "product_handle": handle or handle_from_source(sources[0]), "image_urls": urls,
+                        "metadata": dict(metadata or {}), "quality": quality,
+                        "formats": list(formats) if formats else None})
+    services = open_services(settings, out_dir)
     services.intake.fetch = local_or_remote(services.intake.http, services.intake.policy)
     update, close = progress_bar(show_progress)
     try:
