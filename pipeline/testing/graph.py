@@ -23,6 +23,8 @@ RAY_ENV = {
     "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
 }
 SMALL_CPU = {"num_cpus": 0.05}
+OBJECT_TYPES = {".glb": CONTENT_TYPES["glb"], ".usdz": CONTENT_TYPES["usdz"], ".png": CONTENT_TYPES["poster"],
+                ".json": CONTENT_TYPES["report"]}
 
 
 def small_options(**reconstruct: Any) -> dict[str, dict[str, Any]]:
@@ -47,10 +49,13 @@ class Backend:
         self.server.route_prefix("/objects/", self._serve_object)
 
     def _serve_object(self, request: Request) -> Response:
+        """A stored file with its format's content type, readable cross-origin as a public bucket's is
+        (the console at the ingress's origin previews the GLB and reads the report)."""
         path = self.storage_dir / request.path.removeprefix("/objects/")
         if not path.is_file():
             return Response(404, b"")
-        return Response(200, path.read_bytes(), {"Content-Type": CONTENT_TYPES["glb"]})
+        content_type = OBJECT_TYPES.get(path.suffix, "application/octet-stream")
+        return Response(200, path.read_bytes(), {"Content-Type": content_type, "Access-Control-Allow-Origin": "*"})
 
     def events(self, job_id: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
         bodies = [json.loads(r.body) for r in list(self.server.requests) if r.path == "/hooks"]
