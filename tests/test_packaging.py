@@ -1,5 +1,5 @@
 """The package works installed, not only from the checkout: a regular (non-editable) install carries the glTF
-validator's runner and finds the npm package by npm's conventions, not through the repository layout."""
+validator's runner and the console's files, and finds the npm package by npm's conventions, not through the repository layout."""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ def test_an_installed_package_validates_a_glb(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
                     "--target", str(target), str(REPO_ROOT)], check=True, capture_output=True, timeout=300)
     assert (target / "pipeline" / "assets" / "validate_gltf.mjs").is_file()
+    static = target / "pipeline" / "console" / "static"   # the console page and its vendored <model-viewer>
+    assert {"index.html", "console.js", "console.css"} <= {path.name for path in static.iterdir()}
+    assert (static / "vendor" / "model-viewer.min.js").stat().st_size > 500_000
     code = ("import pipeline, trimesh; from pipeline.assets.validation import validate_glb; "
             "print(pipeline.__file__); "
             "print(validate_glb(trimesh.creation.box().export(file_type='glb')).errors)")

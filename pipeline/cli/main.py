@@ -1,11 +1,14 @@
 """`shop3d`: generate a model from photos on this machine, submit jobs to the queue, read job state,
-run the service, and make random test checkpoints.
+run the service, operate the queue (pipeline/cli/admin.py), and make random test checkpoints.
 
     shop3d generate SOURCE... [--quality fast|balanced|quality] [--out DIR] [--formats glb,usdz,poster,report]
                     [--height 11cm] [--width 9cm] [--depth 9cm] [--title T]
     shop3d submit URL... --shop S --product-id P --handle H [--quality Q] [--job-id ID]
     shop3d status JOB_ID
     shop3d serve [--cpu-only] [--port 8000]
+    shop3d jobs [--status S] [--limit N] [--json]
+    shop3d dead list [--json] | show JOB_ID | requeue JOB_ID | requeue --all | purge [--yes]
+    shop3d webhooks list [--json] | replay
     shop3d model random --size tiny|full DIR
 Settings come from the environment or `.env` (pipeline/settings.py); no command prints a secret.
 

@@ -39,6 +39,12 @@ logger = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).with_name("static")
 MAX_LIST = 500
+# The page runs only its own scripts. <model-viewer> compiles WebAssembly ('wasm-unsafe-eval'), styles its
+# shadow root inline and hands textures over as blob:/data: URLs; the assets come from the object store,
+# whose origin the page cannot know, so images and fetches may go anywhere (the store must allow CORS).
+CONSOLE_CSP = ("default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self' 'unsafe-inline'; "
+               "img-src 'self' data: blob: *; connect-src 'self' data: blob: *; object-src 'none'; "
+               "base-uri 'none'; frame-ancestors 'none'; form-action 'none'")
 
 
 @dataclass(frozen=True)
@@ -196,7 +202,8 @@ async def console_page(request: Request) -> HTMLResponse:
     if access is Access.DISABLED:
         raise HTTPException(404, "disabled: set OPERATOR_TOKEN to enable the console")
     page = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
-    return HTMLResponse(page, status_code=200 if access is Access.GRANTED else 401)
+    return HTMLResponse(page, status_code=200 if access is Access.GRANTED else 401,
+                        headers={"Content-Security-Policy": CONSOLE_CSP, "Cache-Control": "no-store"})
 
 
 @router.get("/ui/static/{name:path}")

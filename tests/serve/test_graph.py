@@ -1,6 +1,7 @@
 """The whole Ray Serve graph on a real local Ray: jobs from the backend's three producers complete
 with a loadable GLB, bad ones are dead-lettered with a `failed` webhook while the ingress keeps
-serving, duplicates run once, the HTTP routes answer and the metrics reach Ray's endpoint.
+serving, duplicates run once, the HTTP routes answer, the metrics reach Ray's endpoint, and the operator
+console works in a real browser.
 
 Real components: redis-server, Ray Serve (one logical GPU), the tiny TripoSR and ONNX matting models,
 a local HTTP server as the backend and image host. The Celery producer is the real `celery` package.
@@ -9,8 +10,10 @@ a local HTTP server as the backend and image host. The Celery producer is the re
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -157,3 +160,54 @@ def test_service_metrics_reach_rays_metrics_endpoint(graph: Graph, ray_cluster: 
     wait_for(exported, "shop3d series on the metrics endpoint", timeout_s=60, every_s=2)
     text = httpx.get(url, timeout=10).text
     assert 'outcome="completed"' in text and 'stage="extract"' in text
+
+
+def test_the_console_in_a_real_browser_shows_jobs_and_requeues_a_dead_letter(
+        graph: Graph, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Debian's Chromium (Playwright with the system browser) against the running graph: sign in, a
+    completed job with its poster, report and <model-viewer> preview of the GLB (drawn by WebGL on
+    SwiftShader), a dead letter whose Requeue makes it run again, and the page showing it completed.
+    The screenshot goes to a temporary folder, or to $SHOP3D_CONSOLE_SCREENSHOT (docs/console.png)."""
+    from pipeline.testing.browser import open_browser
+
+    later = "/photos/later.jpg"   # 404 until the host "comes back": a terminal image_http_error
+    graph.redis.lpush("celery", readme_message(job_fields("ui-done", [graph.photo_url])))
+    graph.redis.lpush("celery", readme_message(job_fields("ui-dead", [graph.backend.server.url(later)])))
+    graph.wait_status("ui-done", "completed")
+    graph.wait_status("ui-dead", "failed")
+    screenshot = Path(os.environ.get("SHOP3D_CONSOLE_SCREENSHOT") or tmp_path_factory.mktemp("console") / "console.png")
+    with open_browser() as browser:
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(f"{graph.base_url}/ui")
+        page.locator("#login-form").wait_for(state="visible", timeout=20_000)
+        page.fill("#login-token", OPERATOR_TOKEN)
+        page.click("#login-submit")
+        page.locator("#console").wait_for(state="visible")
+
+        page.locator('#jobs-table tr[data-job-id="ui-done"][data-status="completed"]').wait_for(timeout=20_000)
+        page.locator('#dead-letters tr[data-job-id="ui-dead"]').wait_for(timeout=20_000)
+        assert "image_http_error" in page.inner_text('#dead-letters tr[data-job-id="ui-dead"]')
+
+        page.click('#jobs-table tr[data-job-id="ui-done"]')
+        page.wait_for_function("() => { const mv = document.querySelector('#job-model'); "
+                               "return mv.dataset.state === 'loaded' && mv.loaded === true; }", timeout=60_000)
+        assert (page.get_attribute("#job-model", "src") or "").endswith("/ui-done/model.glb")
+        assert page.evaluate("() => document.querySelector('#job-poster').naturalWidth") > 0
+        page.wait_for_function("() => document.querySelector('#job-report').dataset.state === 'loaded'",
+                               timeout=20_000)
+        assert '"job_id": "ui-done"' in (page.text_content("#job-report-json") or "")
+
+        page.wait_for_timeout(800)   # let model-viewer settle its camera
+        page.screenshot(path=str(screenshot), full_page=True)   # a completed job and a dead letter
+
+        graph.backend.server.serve_bytes(later, make_product_photo(), "image/jpeg")   # the host is back
+        page.click('button[data-requeue="ui-dead"]')
+        page.locator('#dead-letters tr[data-job-id="ui-dead"]').wait_for(state="detached", timeout=20_000)
+        page.locator('#jobs-table tr[data-job-id="ui-dead"][data-status="completed"]').wait_for(timeout=120_000)
+        assert errors == []
+    assert len(graph.backend.events("ui-dead", "completed")) == 1
+    state = json.loads(httpx.get(f"{graph.base_url}/jobs/ui-dead", timeout=10).text)
+    assert state["history"][0]["event"] == "requeued" and state["history"][0]["by"] == "api"
+    assert screenshot.stat().st_size > 10_000
