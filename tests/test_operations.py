@@ -256,3 +256,70 @@ async def _has_dead_letter(redis: aioredis.Redis, job_id: str) -> bool:
 async def _status_is(redis: aioredis.Redis, job_id: str, status: str) -> bool:
     state = await get_job_state(redis, job_id)
     return state is not None and state.get("status") == status
+
+
+def test_the_admin_cli_lists_shows_requeues_purges_and_replays(
+        redis_url: str, tiny_fixture_dir: Path, tmp_path: Path, http_server: LocalHTTPServer,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = http_server.url("/missing.jpg")   # 404: a terminal image_http_error, dead at once
+    for name, value in (("REDIS_URL", redis_url), ("QUEUE_NAME", QUEUE), ("WEBHOOK_MAX_ATTEMPTS", "1"),
+                        ("BACKEND_URL", http_server.url("/")), ("WEBHOOK_PATH", "/hooks")):
+        monkeypatch.setenv(name, value)
+
+    async def scenario(harness: Harness, backend: Backend) -> None:
+        http_server.route("/hooks", lambda _request: Response(503, b"backend down"))
+        for job_id in ("cli-1", "cli-2", "cli-3"):
+            await harness.redis.lpush(QUEUE, readme_message(job_fields(job_id, [missing])))
+        for job_id in ("cli-1", "cli-2", "cli-3"):
+            await eventually(lambda job_id=job_id: _has_dead_letter(harness.redis, job_id), f"{job_id} dead")
+        await eventually(lambda: _undelivered(harness.redis, 3), "three failed webhooks kept")
+
+    run_with_worker(redis_url, tiny_fixture_dir, tmp_path, http_server, scenario)
+
+    def run(*argv: str) -> tuple[int, str]:
+        capsys.readouterr()
+        status = shop3d(list(argv))
+        return status, capsys.readouterr().out
+
+    status, out = run("jobs", "--status", "failed", "--json")
+    assert status == 0 and [job["job_id"] for job in json.loads(out)] == ["cli-3", "cli-2", "cli-1"]
+    status, out = run("jobs")
+    assert status == 0 and out.splitlines()[0].split() == ["job_id", "status", "stage", "progress", "attempts",
+                                                           "quality", "updated_at"]
+    assert len(out.splitlines()) == 4 and "failed" in out.splitlines()[1]
+    status, out = run("dead", "list", "--json")
+    assert status == 0 and {letter["error"]["code"] for letter in json.loads(out)} == {"image_http_error"}
+    status, out = run("dead", "show", "cli-2")
+    assert status == 0 and json.loads(out)["info"]["job_id"] == "cli-2" and "cli-2" in json.loads(out)["message"]
+    assert run("dead", "show", "nobody")[0] == 1
+    status, out = run("webhooks", "list", "--json")
+    assert status == 0 and {hook["webhook_id"] for hook in json.loads(out)} == {
+        "msg_cli-1_failed", "msg_cli-2_failed", "msg_cli-3_failed"}
+
+    http_server.route("/hooks", lambda _request: Response(200, b"ok"))
+    status, out = run("webhooks", "replay")
+    assert status == 0 and json.loads(out) == {"replayed": 3, "delivered": 3, "failed": 0}
+    assert json.loads(run("webhooks", "list", "--json")[1]) == []
+
+    status, out = run("dead", "requeue", "cli-1")
+    assert status == 0 and out.strip() == "requeued cli-1"
+    status, out = run("dead", "requeue", "--all")
+    assert status == 0 and out.strip() == "requeued 2 job(s)"
+    queued = json.loads(run("jobs", "--status", "queued", "--json")[1])
+    assert {job["job_id"] for job in queued} == {"cli-1", "cli-2", "cli-3"}
+    assert all(job["attempts"] == 0 and job["history"][0]["by"] == "cli" for job in queued)
+
+    async def again(harness: Harness, backend: Backend) -> None:   # the image is still missing: dead again
+        for job_id in ("cli-1", "cli-2", "cli-3"):
+            await eventually(lambda job_id=job_id: _has_dead_letter(harness.redis, job_id), f"{job_id} dead again")
+            await eventually(lambda job_id=job_id: _status_is(harness.redis, job_id, "failed"), f"{job_id} failed")
+
+    run_with_worker(redis_url, tiny_fixture_dir, tmp_path, http_server, again)
+    assert run("dead", "purge", "--yes") == (0, "purged 3 dead letter(s)\n")
+    assert json.loads(run("dead", "list", "--json")[1]) == []
+    failed = json.loads(run("jobs", "--status", "failed", "--json")[1])
+    assert {job["job_id"] for job in failed} == {"cli-1", "cli-2", "cli-3"}   # states stay after a purge
+
+
+async def _undelivered(redis: aioredis.Redis, count: int) -> bool:
+    return int(await redis.llen("shop3d:webhooks:undelivered")) == count

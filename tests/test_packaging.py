@@ -1,5 +1,6 @@
 """The package works installed, not only from the checkout: a regular (non-editable) install carries the glTF
-validator's runner and the console's files, and finds the npm package by npm's conventions, not through the repository layout."""
+validator's runner and the console's files, and finds the npm package by npm's conventions, not through the
+repository layout."""
 
 from __future__ import annotations
 
