@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 import traceback
 import uuid
@@ -199,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO lines print full URLs with query tokens
+    if not args.verbose:   # offline, the hub client logs each of its retries twice; our one line says it all
+        os.environ.setdefault("HF_HUB_VERBOSITY", "error")   # read when huggingface_hub is first imported
     try:
         settings = Settings()
     except ValueError as exc:
