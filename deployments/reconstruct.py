@@ -5,6 +5,10 @@ least the batch size, or batches stay at 1); batch size, wait, chunk size and ex
 live-tunable through `user_config`, validated whole before any is applied (a bad one is
 refused). Each replica also reports the Redis backlog as a custom autoscaling metric, which
 `deployments.autoscaling.backlog_policy` turns into a replica count.
+
+At start a replica caps its CUDA allocator at its `num_gpus` share less headroom and warms up
+(`pipeline.reconstruct.warm_start`); `check_health` fails once a CUDA fault has poisoned its device, so
+Serve replaces it (pipeline.model.device_faults).
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from typing import Any, Literal
+from typing import Any
 
+import ray
 import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
@@ -23,10 +28,12 @@ from deployments.autoscaling import BACKLOG_METRIC
 from deployments.metrics import StageTimer
 from deployments.settings import replica_settings
 from pipeline.errors import Shop3dError
+from pipeline.isosurface.extraction import ExtractionMethod
 from pipeline.jobs.envelopes import Job
 from pipeline.model import load_pretrained
+from pipeline.model.device_faults import DeviceHealth
 from pipeline.presets import DEFAULT_CHUNK_SIZE
-from pipeline.reconstruct import Reconstruction
+from pipeline.reconstruct import Reconstruction, warm_start
 from pipeline.run import stages
 from pipeline.run.progress import ProgressRecorder
 
@@ -44,10 +51,19 @@ class LiveKnobs(BaseModel):
     max_batch_size: int = Field(DEFAULT_BATCH_SIZE, ge=1)
     batch_wait_timeout_s: float = Field(DEFAULT_BATCH_WAIT_S, ge=0)
     chunk_size: int = Field(DEFAULT_CHUNK_SIZE, ge=0, description="points per decoder call; 0 = unchunked")
-    extraction: Literal["fast", "dense"] = "fast"
+    extraction: ExtractionMethod = "auto"   # auto: "gpu" on CUDA where Warp imports, else "fast"
+
+
+def assigned_gpus() -> float:
+    """This replica's GPU share as Ray assigned it from `ray_actor_options.num_gpus` (0.25; 0 without a GPU)."""
+    resources: dict[str, float] = ray.get_runtime_context().get_assigned_resources()  # type: ignore[no-untyped-call]
+    return float(resources.get("GPU", 0.0))
 
 
 @serve.deployment(ray_actor_options={"num_gpus": 0.25, "num_cpus": 1}, max_ongoing_requests=8,
+                  # Serve replaces a replica after 3 failed checks in a row; until then a poisoned one refuses
+                  # jobs (each refusal costs its job an attempt), so check often: the probe is one tiny op.
+                  health_check_period_s=2,
                   user_config={"max_batch_size": DEFAULT_BATCH_SIZE, "batch_wait_timeout_s": DEFAULT_BATCH_WAIT_S})
 class Reconstruct:
     """One TripoSR per replica, loaded once; `reconstruct` is batched."""
@@ -56,6 +72,8 @@ class Reconstruct:
         self.settings = settings = replica_settings(overrides)
         self.model = load_pretrained(settings.tsr_model, settings.device, chunk_size=settings.chunk_size,
                                      num_threads=settings.torch_threads)
+        self.health = DeviceHealth(self.model.device)
+        self.warm = warm_start(self.model, assigned_gpus())
         self.backlog_redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=2.0,
                                                      socket_connect_timeout=2.0)
         self.progress = ProgressRecorder(settings.redis_url)
@@ -96,7 +114,7 @@ class Reconstruct:
         logger.info("reconstructing a batch of %d (jobs %s)", len(requests), ", ".join(r.job_id for r in requests))
         knobs = self.knobs
         run = functools.partial(stages.reconstruct_batch, self.model, requests, method=knobs.extraction,
-                                chunk_size=knobs.chunk_size)
+                                chunk_size=knobs.chunk_size, health=self.health)
         return await asyncio.to_thread(run)
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
@@ -106,9 +124,16 @@ class Reconstruct:
         except (RedisError, OSError):
             return {}
 
+    async def check_health(self) -> None:
+        """Raises (Serve then replaces the replica) once a CUDA fault marked the device faulty, or when a tiny
+        op on it fails; in a thread, since its sync waits for the running batch's queued kernels."""
+        await asyncio.to_thread(self.health.probe)
+
     def ready(self) -> dict[str, Any]:
         return {"device": str(self.model.device), "autocast": str(self.model.autocast_dtype),
-                "knobs": self.knobs.model_dump(), "knobs_refused": self.refused}
+                "knobs": self.knobs.model_dump(), "knobs_refused": self.refused,
+                "memory_fraction": self.warm.memory_fraction, "warmup_s": round(self.warm.warmup_s, 3),
+                "device_fault": self.health.fault}
 
     def settings_in_effect(self) -> dict[str, Any]:
         """This replica's non-secret settings, as operators (and the settings test) see them."""

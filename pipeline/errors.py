@@ -2,8 +2,8 @@
 
     Shop3dError                 base; carries a stable `code` and a safe `message`
     ├── JobRejected             terminal: retrying cannot help -> dead-letter at once, `failed` webhook
-    └── TransientError          retryable: network blips, a storage 5xx -> retried up to the attempt
-                                limit, then dead-lettered with the same code
+    └── TransientError          retryable: network blips, a storage 5xx, a GPU out of memory or faulty
+                                -> retried up to the attempt limit, then dead-lettered with the same code
 
 Messages are shown to shops and logged: they never contain secrets. Codes are the contract with the
 backend (docs/backend-contract.md "Error codes"); add new ones to `ERROR_CODES` with a one-line meaning.
@@ -36,6 +36,8 @@ ERROR_CODES: dict[str, str] = {
     "no_usable_image": "several image URLs were given and none of them could be used",
     # model, export, delivery
     "model_failed": "the TripoSR model failed on this input",
+    "gpu_out_of_memory": "the GPU ran out of memory even for this image alone at the smallest query chunk (retried)",
+    "gpu_fault": "the GPU replica hit a CUDA fault (illegal address, device-side assert) and is replaced (retried)",
     "empty_mesh": "the reconstructed field has no surface at the threshold",
     "export_failed": "the mesh could not be exported",
     "storage_failed": "the storage backend refused the upload permanently (4xx)",

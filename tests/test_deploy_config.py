@@ -494,7 +494,7 @@ def test_dockerfile_builds_on_the_pinned_ray_image() -> None:
 def test_dockerfile_installs_cuda_torch_before_the_project() -> None:
     instructions = dockerfile_instructions(DOCKERFILE.read_text(encoding="utf-8"))
     torch = first_index(instructions, "RUN", "pip install", "torch==", "download.pytorch.org/whl/")
-    project = first_index(instructions, "RUN", "pip install --no-cache-dir . ")
+    project = first_index(instructions, "RUN", 'pip install --no-cache-dir ".[gpu]" ')   # with Warp
     assert torch < project
 
 

@@ -5,4 +5,5 @@
     refinement     coarse-to-fine sampling: which cells may hold surface, down to the fine grid
     closure        the fine-level guarantee: every cell that yields triangles has all corners queried
     triangulation  PyMCubes, world mapping, and the trimesh-style vertex merge
+    device_extraction  the "gpu" method: dense grid, Warp marching cubes, merge and colours on the model's device
 """

@@ -106,19 +106,24 @@ def axis_curvature(u: np.ndarray, widths: np.ndarray, axis: int) -> np.ndarray:
 
 
 def assess_cells(density: np.ndarray, lattice: np.ndarray, threshold: float, safety: float,
-                 parent_curvature: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 parent_curvature: np.ndarray | None, *, need_curvature: bool = True,
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Lattice samples (n+1)^3 (NaN = unknown) -> marked bool n^3, straddling bool n^3, curvature (3, n, n, n).
 
-    Only cells with all 8 corners known can be marked; straddling cells are always marked.
+    Only cells with all 8 corners known can be marked; straddling cells are always marked. With safety 0
+    and need_curvature False the curvature (finite, so its margin is exactly 0) is skipped and None returned.
     """
     u = log_ratio(density, threshold)
     widths = np.diff(lattice).astype(np.float32)
-    curvature = np.stack([axis_curvature(u, widths, axis) for axis in range(3)])
-    if parent_curvature is not None:
-        curvature = np.maximum(curvature, parent_curvature)
-    squared = widths**2 / 8.0
-    margin = safety * (curvature[0] * squared[:, None, None] + curvature[1] * squared[None, :, None]
-                       + curvature[2] * squared[None, None, :])
+    curvature: np.ndarray | None = None
+    margin: np.ndarray | float = 0.0
+    if safety > 0 or need_curvature:
+        curvature = np.stack([axis_curvature(u, widths, axis) for axis in range(3)])
+        if parent_curvature is not None:
+            curvature = np.maximum(curvature, parent_curvature)
+        squared = widths**2 / 8.0
+        margin = safety * (curvature[0] * squared[:, None, None] + curvature[1] * squared[None, :, None]
+                           + curvature[2] * squared[None, None, :])
     with np.errstate(invalid="ignore"):
         low, high = corner_min(density), corner_max(density)
         straddling = (low < threshold) & (high >= threshold)
@@ -146,10 +151,13 @@ def refine_estimate(estimate: np.ndarray, lattice: np.ndarray, finer: np.ndarray
 
 
 def cells_to_refine(samples: np.ndarray, lattice: np.ndarray, threshold: float, settings: RefinementSettings,
-                    inherited: np.ndarray | None, *, first: bool, last: bool) -> tuple[np.ndarray, np.ndarray]:
-    """One level's decision: (cells whose next-lattice points to query, bool n^3; curvature (3, n, n, n))."""
+                    inherited: np.ndarray | None, *, first: bool, last: bool,
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
+    """One level's decision: (cells whose next-lattice points to query, bool n^3; curvature (3, n, n, n), None at
+    the last level, where no finer level inherits it)."""
     safety = settings.final_curvature_safety if last else settings.curvature_safety
-    marked, straddling, curvature = assess_cells(samples, lattice, threshold, safety, inherited)
+    marked, straddling, curvature = assess_cells(samples, lattice, threshold, safety, inherited,
+                                                 need_curvature=not last)
     if last:  # straddling cells are followed lazily by closure; the others are queried in full
         refine = marked & ~straddling
     else:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from pipeline.model.config import TripoSRConfig, parse_config, read_config_yaml
-from pipeline.model.device import autocast_dtype_for, resolve_device, set_num_threads
+from pipeline.model.device import autocast_dtype_for, resolve_device, set_float32_precision, set_num_threads
 from pipeline.model.hub import locate_model_files, read_vit_config
 from pipeline.model.tsr import TripoSR
 from pipeline.presets import DEFAULT_CHUNK_SIZE
@@ -104,6 +104,7 @@ def load_pretrained(name_or_dir: str | Path, device: str | torch.device = "cpu",
     started = time.perf_counter()
     target = resolve_device(device)
     set_num_threads(num_threads)
+    set_float32_precision()   # the same float32 numerics in the CLI as in a replica (warm_start sets it too)
     files = locate_model_files(name_or_dir, cache_dir)
     config = load_config(files.config_path, files.directory, cache_dir)
     model = assign_weights(build_model(config, chunk_size), read_state_dict(files.checkpoint_path))

@@ -8,6 +8,9 @@ a check is one dict lookup. Points:
 
     reconstruct.forward   the batched TripoSR forward raises RuntimeError (a model failure)
     reconstruct.surface   extraction runs at an unreachable density threshold (a field with no surface)
+    reconstruct.cuda_fault  the batch raises a CUDA-style torch.AcceleratorError (an illegal memory access),
+                          once per job on this machine: a marker file in the temp directory records that it
+                          fired, so the job's retry, on the replica that replaces the faulty one, succeeds
     export.write          writing the job's files raises RuntimeError (an unexpected export failure)
     export.budget         the preset's byte budgets shrink to 1 byte (a budget the exporter cannot meet)
 """
@@ -15,12 +18,18 @@ a check is one dict lookup. Points:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
+import tempfile
+from pathlib import Path
+
+import torch
 
 from pipeline.presets import Preset
 
 ENV = "SHOP3D_FAILPOINTS"
-POINTS = frozenset({"reconstruct.forward", "reconstruct.surface", "export.write", "export.budget"})
+POINTS = frozenset({"reconstruct.forward", "reconstruct.surface", "reconstruct.cuda_fault", "export.write",
+                    "export.budget"})
 NO_SURFACE_THRESHOLD = 1e30   # above any density_act = exp(raw - 1) a float32 field can hold
 
 
@@ -48,6 +57,21 @@ def hit(point: str, job_id: str) -> None:
     """Raise InjectedFailure when `point` is armed for `job_id`."""
     if active(point, job_id):
         raise InjectedFailure(f"failpoint {point} armed for job {job_id}")
+
+
+def hit_cuda_fault(job_id: str) -> None:
+    """Raise torch.AcceleratorError, as a poisoned CUDA context does, the first time `reconstruct.cuda_fault`
+    is checked for `job_id` on this machine (any process); later checks pass."""
+    if not active("reconstruct.cuda_fault", job_id):
+        return
+    marker = Path(tempfile.gettempdir()) / "shop3d-failpoints" / hashlib.sha256(job_id.encode()).hexdigest()[:32]
+    marker.parent.mkdir(exist_ok=True)
+    try:
+        marker.touch(exist_ok=False)   # atomic: exactly one process fires
+    except FileExistsError:
+        return
+    raise torch.AcceleratorError(f"CUDA error: an illegal memory access was encountered "
+                                 f"(failpoint reconstruct.cuda_fault armed for job {job_id})")
 
 
 def threshold_for(job_id: str, threshold: float) -> float:

@@ -64,7 +64,7 @@ class Services:
     store: ObjectStore
     defaults: stages.JobDefaults
     chunk_size: int = DEFAULT_CHUNK_SIZE
-    extraction: ExtractionMethod = "fast"
+    extraction: ExtractionMethod = "auto"
 
     @classmethod
     def from_settings(cls, settings: Settings, *, store: ObjectStore | None = None) -> Services:

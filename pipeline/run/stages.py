@@ -29,6 +29,7 @@ from pipeline.intake.selection import SelectedImage
 from pipeline.jobs.envelopes import Job
 from pipeline.jobs.state import JobResult
 from pipeline.model import TripoSR
+from pipeline.model.device_faults import DeviceHealth, gpu_fault
 from pipeline.presets import Preset, get_preset
 from pipeline.reconstruct import DEFAULT_THRESHOLD, ExtractionMethod, Reconstruction, reconstruct_meshes
 from pipeline.run import failpoints
@@ -152,22 +153,31 @@ class Reconstructed:
 
 
 def reconstruct_batch(model: TripoSR, requests: Sequence[ReconstructRequest], *, method: ExtractionMethod,
-                      chunk_size: int) -> list[Reconstruction | Shop3dError]:
-    """One batched forward and an extraction per request; every failure is returned as its job's error
-    (a failed forward fails the whole batch with `model_failed`), never raised."""
+                      chunk_size: int, health: DeviceHealth | None = None) -> list[Reconstruction | Shop3dError]:
+    """One batched forward and an extraction per request; every failure is returned as its job's error,
+    never raised (pipeline.reconstruct.reconstruct_meshes says which). A replica whose `health` a CUDA fault
+    marked refuses the batch with retried `gpu_fault`s without touching its device."""
     if not requests:
         return []
+    if health is not None and not health.healthy:
+        logger.warning("refusing a batch of %d on a faulty device (jobs %s)", len(requests),
+                       ", ".join(r.job_id for r in requests))
+        return [gpu_fault("an earlier batch on this replica") for _ in requests]
     try:
         for request in requests:
             failpoints.hit("reconstruct.forward", request.job_id)
+            failpoints.hit_cuda_fault(request.job_id)
         thresholds = [failpoints.threshold_for(request.job_id, DEFAULT_THRESHOLD) for request in requests]
         return reconstruct_meshes(model, [r.framed for r in requests], [r.resolution for r in requests],
                                   method=method, chunk_size=chunk_size, thresholds=thresholds,
-                                  color_fields=[r.color_field for r in requests])
+                                  color_fields=[r.color_field for r in requests], health=health,
+                                  job_ids=[r.job_id for r in requests])
     except Exception as exc:
         logger.error("a reconstruct batch of %d failed (jobs %s)", len(requests),
                      ", ".join(r.job_id for r in requests))
-        return [stage_error("reconstruct", exc, request.job_id) for request in requests]
+        health = health if health is not None else DeviceHealth(model.device)
+        return [health.note(exc, "the batch") or stage_error("reconstruct", exc, request.job_id)
+                for request in requests]
 
 
 RunBatch = Callable[[ReconstructRequest], Awaitable["Reconstruction | Shop3dError"]]

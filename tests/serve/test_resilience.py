@@ -1,12 +1,14 @@
 """Failures in a running graph: a Reconstruct replica and, separately, the Ingress replica killed with
-SIGKILL mid-job, and Redis restarted mid-run. Each time the work still completes exactly once: one
-`completed` webhook and one stored object per job, nothing lost."""
+SIGKILL mid-job, a Reconstruct replica whose CUDA context a fault poisoned, and Redis restarted mid-run.
+Each time the work still completes exactly once: one `completed` webhook and one stored object per job,
+nothing lost."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from pipeline.run.failpoints import ENV as FAILPOINTS_ENV
 from pipeline.testing.graph import Backend, small_options, wait_for
 from pipeline.testing.matting_model import make_product_photo
 from pipeline.testing.redis_server import RedisServer
@@ -41,12 +44,13 @@ class Running:
         return sorted(p for p in self.backend.storage_dir.rglob("*") if p.is_file() and job_id in str(p))
 
 
-def deploy(cluster: RayCluster, redis_url: str, backend: Backend, **overrides: object) -> None:
+def deploy(cluster: RayCluster, redis_url: str, backend: Backend, options: dict[str, dict[str, object]] | None = None,
+           **overrides: object) -> None:
     from ray import serve
 
     from deployments.app import build_app
 
-    serve.run(build_app(app_args(cluster, redis_url, backend, **overrides), small_options()), name=APP,
+    serve.run(build_app(app_args(cluster, redis_url, backend, **overrides), options or small_options()), name=APP,
               route_prefix=None)
 
 
@@ -93,6 +97,35 @@ def test_ingress_replica_killed_mid_job_completes_once(running: Running) -> None
     assert len(running.backend.events("r-kill-ingress", "completed")) == 1
     assert [p.name for p in running.objects("r-kill-ingress")] == ONE_OF_EACH_DEFAULT_FILE
     assert running.redis.llen("shop3d:dead") == 0
+
+
+def test_reconstruct_replica_with_a_cuda_fault_is_replaced_and_the_job_completes(
+        ray_cluster: RayCluster, own_redis: RedisServer, tmp_path: Path) -> None:
+    from ray import serve
+
+    job_id = f"r-cuda-{uuid.uuid4().hex[:8]}"   # the failpoint fires once per job id on this machine
+    options = small_options(health_check_period_s=1)
+    armed = {"env_vars": {FAILPOINTS_ENV: f"reconstruct.cuda_fault={job_id}"}}
+    options["Reconstruct"]["ray_actor_options"] = {**options["Reconstruct"]["ray_actor_options"], "runtime_env": armed}
+    backend = Backend(tmp_path / "objects")
+    photo = backend.server.serve_bytes("/mug.jpg", make_product_photo(), "image/jpeg")
+    deploy(ray_cluster, own_redis.url, backend, options)
+    running = Running(redis.Redis.from_url(own_redis.url), backend, photo)
+    try:
+        (faulty,) = replica_pids(APP, "Reconstruct")
+        running.redis.lpush("celery", readme_message(job_fields(job_id, [photo])))
+        wait_for(lambda: running.field(job_id, "status") == "completed", "job completed after the fault", 240)
+        assert faulty not in replica_pids(APP, "Reconstruct")          # check_health failed: Serve replaced it
+        assert running_replicas(APP, "Reconstruct") == 1
+        assert int(running.field(job_id, "attempts") or 0) >= 2         # retried as gpu_fault, never terminal
+        assert len(running.backend.events(job_id, "completed")) == 1 and running.backend.events(job_id, "failed") == []
+        assert [p.name for p in running.objects(job_id)] == ONE_OF_EACH_DEFAULT_FILE
+        ready = serve.get_deployment_handle("Reconstruct", APP).ready.remote().result(timeout_s=60)
+        assert ready["device_fault"] is None and ready["warmup_s"] > 0 and ready["memory_fraction"] is None  # CPU
+    finally:
+        serve.delete(APP)
+        running.redis.close()
+        backend.stop()
 
 
 def test_redis_restart_mid_run_loses_nothing(running: Running, own_redis: RedisServer) -> None:
