@@ -100,13 +100,16 @@ def model_input(model: TripoSR, count: int) -> torch.Tensor:
 
 
 def the_model(args: argparse.Namespace, device: torch.device, *, autocast: bool) -> TripoSR:
-    """The tiny fixture (--quick) or a full-size random TripoSR (the released architecture and cost)."""
+    """The tiny fixture (--quick) or a full-size random TripoSR (the released architecture and cost);
+    `autocast` as a CUDA replica runs it, else float32 (its autocast_dtype may be switched on later)."""
     if args.quick:
-        model = load_pretrained(TINY_FIXTURE, device, chunk_size=args.chunk_size)
+        model = load_pretrained(TINY_FIXTURE, device, chunk_size=args.chunk_size, precision="float32")
     else:
         model = random_model("full", seed=args.seed).to(device)
         model.chunk_size = args.chunk_size
-    model.autocast_dtype = (torch.bfloat16 if autocast else None)
+    if autocast:   # as load_pretrained does on CUDA: bf16 autocast, its weights stored cast
+        model.autocast_dtype = torch.bfloat16
+        model.store_autocast_weights()
     return model.eval()
 
 
@@ -164,8 +167,8 @@ def tiny_parity(args: argparse.Namespace, device: torch.device) -> dict[str, Any
         reference = {name: arrays[name] for name in ("image", "scene_codes", "query_points", "query_density_act")}
     image = torch.from_numpy(reference["image"]).float().div(255)[None].to(device)
     points = torch.from_numpy(reference["query_points"]).to(device)
-    model = load_pretrained(TINY_FIXTURE, device)
-    result = {}
+    model = load_pretrained(TINY_FIXTURE, device, precision="float32")   # autocast switched per row below
+    result: dict[str, Any] = {}
     for name, precision, autocast in (("fp32_ieee", "ieee", False), ("fp32_tf32", "tf32", False),
                                       ("bf16_autocast", "ieee", True)):
         set_float32_precision(precision)
@@ -178,6 +181,13 @@ def tiny_parity(args: argparse.Namespace, device: torch.device) -> dict[str, Any
             "density_act_max_rel": float((np.abs(density.cpu().numpy() - reference["query_density_act"][:, 0])
                                           / np.abs(reference["query_density_act"][:, 0])).max())}
     set_float32_precision()
+    stored = load_pretrained(TINY_FIXTURE, device, precision="float32")
+    stored.autocast_dtype = torch.bfloat16
+    stored.store_autocast_weights()
+    model.autocast_dtype = torch.bfloat16
+    with torch.no_grad():
+        gap = (stored(image) - model(image)).abs().max()
+    result["bf16_stored_weights_vs_per_forward_cast_max_abs"] = float(gap)
     return result
 
 

@@ -96,8 +96,9 @@ def load_pretrained(name_or_dir: str | Path, device: str | torch.device = "cpu",
                     precision: Precision = "auto", num_threads: int | None = None) -> TripoSR:
     """A TripoSR in eval mode from a directory with config.yaml + model.ckpt, or a hub id (HF cache).
 
-    precision "auto": bf16/fp16 autocast for the ViT and backbone on CUDA, float32 on the CPU;
-    "float32": float32 everywhere. Raises ModelUnavailableError offline without a cached copy.
+    precision "auto": bf16/fp16 autocast for the ViT and backbone on CUDA (their linear and convolution
+    weights stored in that dtype), float32 on the CPU; "float32": float32 everywhere. Raises
+    ModelUnavailableError offline without a cached copy.
     """
     if precision not in ("auto", "float32"):
         raise ValueError(f"precision must be 'auto' or 'float32', got {precision!r}")
@@ -110,6 +111,8 @@ def load_pretrained(name_or_dir: str | Path, device: str | torch.device = "cpu",
     model = assign_weights(build_model(config, chunk_size), read_state_dict(files.checkpoint_path))
     model = model.to(target)
     model.autocast_dtype = autocast_dtype_for(target) if precision == "auto" else None
+    if model.autocast_dtype is not None:   # CUDA: the cast autocast would make each forward, made once
+        model.store_autocast_weights()
     logger.info("TripoSR %s loaded on %s in %.2fs (autocast %s)", name_or_dir, target,
                 time.perf_counter() - started, model.autocast_dtype)
     return model

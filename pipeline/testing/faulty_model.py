@@ -48,6 +48,7 @@ class FaultyModel(TripoSR):
         self.renderer_radius = model.renderer_radius
         self.density_bias = model.density_bias
         self.autocast_dtype = model.autocast_dtype
+        self.stored_half = model.stored_half
         for name, module in model.named_children():
             self.add_module(name, module)
         self.train(model.training)

@@ -128,3 +128,22 @@ def test_autocast_path_keeps_float32_outputs(tiny_fixture_dir: Path, fixture_ima
     assert 1e-5 < error.max() < 0.25  # bf16 really ran, and stayed close (scene codes std 1.7)
     density_act, _ = model.query(scene_codes[0], torch.from_numpy(reference["query_points"]))
     assert density_act.dtype == torch.float32
+
+
+def test_weights_stored_in_bf16_give_the_autocast_result_bit_for_bit(tiny_fixture_dir: Path,
+                                                                     fixture_image: torch.Tensor) -> None:
+    """What load_pretrained does on CUDA, checked under CPU bf16 autocast: the cast made once equals the
+    cast autocast makes every forward, and a float32 forward of half weights is refused, not garbage."""
+    per_forward = load_pretrained(tiny_fixture_dir)
+    per_forward.autocast_dtype = torch.bfloat16
+    stored = load_pretrained(tiny_fixture_dir)
+    stored.autocast_dtype = torch.bfloat16
+    assert stored.store_autocast_weights() > 0
+    assert {p.dtype for m in stored.image_tokenizer.modules() if isinstance(m, torch.nn.Linear)
+            for p in m.parameters(recurse=False)} == {torch.bfloat16}
+    after_backbone = [*stored.post_processor.parameters(), *stored.decoder.parameters(), *stored.tokenizer.parameters()]
+    assert {p.dtype for p in after_backbone} == {torch.float32}
+    assert torch.equal(stored(fixture_image), per_forward(fixture_image))
+    stored.autocast_dtype = None
+    with pytest.raises(RuntimeError, match=r"stored in torch\.bfloat16"):
+        stored(fixture_image)
