@@ -120,7 +120,8 @@ class Ingress:
 
     @api.get("/health")
     async def health(self) -> JSONResponse:
-        """200 when Redis answers, the claim loop runs and every stage replica has its model loaded."""
+        """200 when Redis answers, the claim loop runs and every stage replica is ready (models loaded, storage
+        set up); a stage that reports an `error` (e.g. Publish's misconfigured bucket) makes it 503."""
         checks: dict[str, Any] = {"redis": await self._redis_ok(), "loop": self._loop_ok()}
         try:
             async with asyncio.timeout(10):
@@ -129,7 +130,8 @@ class Ingress:
             checks["models"] = {"matting": matting, "reconstruct": reconstruct, "publish": publish}
         except Exception as exc:  # any stage not ready counts, whatever the reason
             checks["models"] = {"error": type(exc).__name__}
-        healthy = checks["redis"] and checks["loop"] and "error" not in checks["models"]
+        stage_failed = any("error" in stage for stage in checks["models"].values() if isinstance(stage, dict))
+        healthy = checks["redis"] and checks["loop"] and "error" not in checks["models"] and not stage_failed
         return JSONResponse({"status": "ok" if healthy else "unhealthy", **checks}, status_code=200 if healthy else 503)
 
     @api.get("/jobs/{job_id}")

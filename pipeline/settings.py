@@ -13,9 +13,17 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.assets.formats import DEFAULT_FORMATS, OutputFormat
-from pipeline.presets import DEFAULT_CHUNK_SIZE
+from pipeline.presets import DEFAULT_CHUNK_SIZE, PRESETS
 
 Quality = Literal["fast", "balanced", "quality"]
+
+MIB = 1024 * 1024
+# The largest file a job can store: the biggest GLB or USDZ byte budget of any preset (posters and
+# reports are far smaller). A storage bucket must accept at least this.
+LARGEST_ASSET_BYTES = max(max(preset.max_glb_bytes, preset.max_usdz_bytes) for preset in PRESETS.values())
+# The bucket limit asked for at creation: that plus 1 MiB of margin, rounded up to whole MiB (the
+# dashboard shows MB), so it stays under a small project's global upload limit (50 MiB on the Free plan).
+DEFAULT_FILE_SIZE_LIMIT = -(-(LARGEST_ASSET_BYTES + MIB) // MIB) * MIB
 
 
 class Settings(BaseSettings):
@@ -42,6 +50,10 @@ class Settings(BaseSettings):
     supabase_bucket_name: str = "3d-models"
     supabase_signed_urls: bool = False
     supabase_signed_url_ttl_s: int = 7 * 24 * 3600
+    supabase_file_size_limit: int = Field(
+        DEFAULT_FILE_SIZE_LIMIT, ge=LARGEST_ASSET_BYTES,
+        description="bytes: the file size limit of a bucket shop3d creates; at most the project's global upload "
+                    "limit, at least the largest preset budget")
 
     # backend webhook
     backend_url: str | None = None

@@ -5,7 +5,8 @@ instead of duplicating. Failures leave as the error tree: `TransientError("stora
 for the statuses `is_retryable_status` names (5xx, 408, 425, 429), timeouts and connection errors
 (retry the job), `JobRejected("storage_failed")` for the other, permanent 4xx. Supabase answers most
 errors with HTTP 400 and the real status as a string in the body's `statusCode` (integrations.md
-§1.4); storage3 surfaces it as `StorageApiError.status`.
+§1.4); storage3 surfaces it as `StorageApiError.status`. Set-up (`ensure_ready`) raises
+`StorageMisconfigured` (pipeline/delivery/buckets.py) when a setting or the bucket must change.
 Both stores are synchronous: async callers run them with `asyncio.to_thread`.
 """
 
@@ -15,6 +16,9 @@ import logging
 import os
 import re
 import tempfile
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -28,12 +32,12 @@ from storage3.types import CreateOrUpdateBucketOptions, FileOptions
 from storage3.utils import StorageException
 
 from pipeline.assets.formats import CONTENT_TYPES
+from pipeline.delivery.buckets import BucketInfo, BucketNeeds, StorageMisconfigured, check_bucket, creation_refused
 from pipeline.errors import JobRejected, Shop3dError, TransientError, is_retryable_status
-from pipeline.settings import Settings
+from pipeline.settings import DEFAULT_FILE_SIZE_LIMIT, LARGEST_ASSET_BYTES, Settings
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_FILE_SIZE_LIMIT = 50 * 1024 * 1024   # hosted Supabase Free plan's global cap; presets stay far below
 _SEGMENT = re.compile(r"^[A-Za-z0-9._:-]+$")
 _FILENAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -51,7 +55,8 @@ class ObjectStore(Protocol):
     """Blob storage for job outputs; every method may raise TransientError or JobRejected."""
 
     def ensure_ready(self) -> None:
-        """Idempotent start-up set-up (create the directory or bucket)."""
+        """Idempotent start-up set-up (create the directory or bucket, or check the existing bucket);
+        StorageMisconfigured when the settings or the bucket must change, a Shop3dError when storage failed."""
 
     def put(self, key: str, data: bytes, content_type: str) -> StoredObject:
         """Store `data` under `key`, overwriting; returns where it can be fetched."""
@@ -173,6 +178,8 @@ class SupabaseObjectStore:
 
     We build storage3's client with our own httpx.Client instead of `create_client`: no auth or
     realtime clients are needed, and timeouts and redirects are set here rather than library defaults.
+    `file_size_limit` is what a bucket we create gets; an existing bucket must accept the largest
+    preset budget (or `file_size_limit`, when a caller asks for less).
     """
 
     def __init__(self, url: str, service_role_key: SecretStr, bucket: str, *, public: bool = True,
@@ -181,6 +188,8 @@ class SupabaseObjectStore:
         self.url, self.bucket, self.public = url.rstrip("/"), bucket, public
         self.signed_url_ttl_s, self.upsert = signed_url_ttl_s, upsert
         self.file_size_limit, self.cache_control_s = file_size_limit, cache_control_s
+        self.needs = BucketNeeds(public=public, largest_file=min(file_size_limit, LARGEST_ASSET_BYTES),
+                                 content_types=tuple(sorted(set(CONTENT_TYPES.values()))))
         self._secret = service_role_key.get_secret_value()
         self._http = httpx.Client(timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
                                   follow_redirects=False, http2=True)
@@ -192,22 +201,61 @@ class SupabaseObjectStore:
 
     def _fail(self, exc: Exception, action: str, key: str) -> Shop3dError:
         error = storage_error(exc, action, key, self._secret)
-        logger.warning("storage %s of %s failed: %s %s", action, key, error.code, error.message)
+        logger.warning("%s [%s]", error.message, error.code)   # the message already says what failed
         return error
 
     def ensure_ready(self) -> None:
-        """Create the bucket with its MIME allowlist and size limit; an existing bucket (409) is fine."""
+        """Check the existing bucket against `self.needs`, or create it with them; StorageMisconfigured names
+        every mismatch (or the setting behind a refused creation), a Shop3dError is storage failing.
+
+        The bucket is read first: the server answers a creation whose size limit is above the project's
+        global limit with 413 even when the bucket already exists (integrations.md §1.7).
+        """
+        existing = self._read_bucket()
+        if existing is None:
+            if self._create_bucket():
+                return
+            existing = self._read_bucket()   # another replica created it meanwhile (409)
+            if existing is None:
+                raise JobRejected("storage_failed", f"storage bucket {self.bucket} exists but cannot be read")
+        check_bucket(self.bucket, existing, self.needs)
+        if existing.public and not self.public:
+            logger.info("storage bucket %s is public: signed URLs work, and its objects are also readable at "
+                        "their public URLs", self.bucket)
+        logger.info("storage bucket %s exists and suits the settings (public=%s, file_size_limit=%s)",
+                    self.bucket, existing.public, existing.file_size_limit)
+
+    def _read_bucket(self) -> BucketInfo | None:
+        """The bucket's settings, or None when there is no such bucket."""
+        try:
+            return self._client.get_bucket(self.bucket)
+        except StorageApiError as exc:
+            if str(exc.status) == "404":
+                return None
+            raise self._fail(exc, "bucket lookup", self.bucket) from exc
+        except _STORAGE_FAILURES as exc:
+            raise self._fail(exc, "bucket lookup", self.bucket) from exc
+
+    def _create_bucket(self) -> bool:
+        """Create the bucket with `self.needs`; False when it already exists (409)."""
         options: CreateOrUpdateBucketOptions = {"public": self.public, "file_size_limit": self.file_size_limit,
-                                                "allowed_mime_types": sorted(set(CONTENT_TYPES.values()))}
+                                                "allowed_mime_types": list(self.needs.content_types)}
         try:
             self._client.create_bucket(self.bucket, options=options)
-            logger.info("created storage bucket %s (public=%s)", self.bucket, self.public)
         except StorageApiError as exc:
-            if str(exc.status) != "409":
-                raise self._fail(exc, "bucket creation", self.bucket) from exc
-            logger.info("storage bucket %s already exists", self.bucket)
+            status = str(exc.status)
+            if status == "409":
+                return False
+            refused = creation_refused(self.bucket, status, _redact(f"{exc.code}: {exc.message}", self._secret)[:200],
+                                       self.file_size_limit, self.needs)
+            if refused is not None:
+                raise refused from exc
+            raise self._fail(exc, "bucket creation", self.bucket) from exc
         except _STORAGE_FAILURES as exc:
             raise self._fail(exc, "bucket creation", self.bucket) from exc
+        logger.info("created storage bucket %s (public=%s, file_size_limit=%d)", self.bucket, self.public,
+                    self.file_size_limit)
+        return True
 
     def put(self, key: str, data: bytes, content_type: str) -> StoredObject:
         """Upload with an explicit content type (storage3 would default to text/plain) and upsert."""
@@ -251,5 +299,61 @@ def make_object_store(settings: Settings) -> ObjectStore:
             raise ValueError("STORAGE_BACKEND=supabase needs SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY")
         return SupabaseObjectStore(settings.supabase_url, settings.supabase_service_role_key,
                                    settings.supabase_bucket_name, public=not settings.supabase_signed_urls,
-                                   signed_url_ttl_s=settings.supabase_signed_url_ttl_s)
+                                   signed_url_ttl_s=settings.supabase_signed_url_ttl_s,
+                                   file_size_limit=settings.supabase_file_size_limit)
     return LocalObjectStore(settings.local_storage_dir, settings.local_storage_base_url)
+
+
+class StoreReadiness:
+    """A serving replica's store set-up, which reports a failure instead of crashing the replica.
+
+    Serve would retry a failing constructor a few times and give up, with no word on /health. Here a
+    failed `ensure_ready` (a misconfigured bucket, storage unreachable) is logged once as an error,
+    shown by `report()` and retried at most every `retry_interval_s`, so a fixed bucket is picked up
+    without a restart. Jobs meanwhile fail with a retryable `storage_unavailable`.
+    """
+
+    def __init__(self, store: ObjectStore, *, retry_interval_s: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.store, self.retry_interval_s, self._clock = store, retry_interval_s, clock
+        self.ready = False
+        self.problem: str | None = None   # the last set-up failure, for the log and /health
+        self._tried_at: float | None = None
+        self._lock = threading.Lock()
+
+    def check(self) -> str | None:
+        """Run set-up unless it succeeded or was tried within the interval; the problem left, or None.
+        Blocks on the network: call it from a thread in async code."""
+        with self._lock:
+            due = self._tried_at is None or self._clock() - self._tried_at >= self.retry_interval_s
+            if self.ready or not due:
+                return self.problem
+            self._tried_at = self._clock()
+            try:
+                self.store.ensure_ready()
+            except StorageMisconfigured as exc:
+                self._failed(str(exc))
+            except Shop3dError as exc:
+                self._failed(f"{exc.message} [{exc.code}]")
+            else:
+                if self.problem is not None:
+                    logger.info("storage set-up succeeded (it had failed: %s)", self.problem)
+                self.ready, self.problem = True, None
+            return self.problem
+
+    def _failed(self, problem: str) -> None:
+        if problem != self.problem:   # one error line per distinct problem, not one per retry
+            logger.error("storage set-up failed (the replica runs; /health reports it, jobs are retried): %s",
+                         problem)
+        self.problem = problem
+
+    def require(self) -> None:
+        """Return when the store is set up (retrying set-up if due); else a retryable storage_unavailable."""
+        problem = self.check()
+        if problem is not None:
+            raise TransientError("storage_unavailable", f"storage is not set up: {problem}")
+
+    def report(self) -> dict[str, str]:
+        """For a replica's `ready()`: `{"storage": "ready"}`, or `{"error": ...}`, which fails /health."""
+        problem = self.check()
+        return {"storage": "ready"} if problem is None else {"error": f"storage set-up failed: {problem}"}

@@ -37,7 +37,7 @@ def dotenv(cluster: RayCluster, redis_url: str, backend: Backend, storage: Path)
         "STORAGE_BACKEND": "local", "LOCAL_STORAGE_DIR": str(storage),
         "LOCAL_STORAGE_BASE_URL": backend.server.url("/objects"),
         "SUPABASE_URL": "http://127.0.0.1:9/unused", "SUPABASE_BUCKET_NAME": "settings-bucket",
-        "SUPABASE_SIGNED_URLS": "true", "SUPABASE_SIGNED_URL_TTL_S": "3600",
+        "SUPABASE_SIGNED_URLS": "true", "SUPABASE_SIGNED_URL_TTL_S": "3600", "SUPABASE_FILE_SIZE_LIMIT": "20971520",
         "BACKEND_URL": backend.server.url("/"), "WEBHOOK_PATH": "/hooks", "WEBHOOK_MAX_ATTEMPTS": "2",
         "TSR_MODEL": str(cluster.models_dir), "REMBG_MODEL": str(cluster.matting_model), "DEVICE": "cpu",
         "TORCH_THREADS": "1", "CHUNK_SIZE": "32768", "DEFAULT_QUALITY": "fast",

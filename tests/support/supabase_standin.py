@@ -4,9 +4,13 @@ Supabase is third-party SaaS that cannot run in CI, so this in-memory server was
 ../shared/integrations.md §1.4 (the REST contract verified against the real server) and follows it:
 buckets (create/get/list), upload by POST (multipart as storage3 sends it, or a raw body) and PUT,
 `x-upsert`, download, public and signed URLs, info, and the quirk that errors come back as HTTP 400
-with the real status as a STRING in the body's `statusCode`. Two answers are assumptions, not from
-§1.4: a wrong bearer token gets `{"statusCode":"403","error":"Unauthorized","message":"invalid
-signature"}`, and a public URL into a private bucket answers like a missing object.
+with the real status as a STRING in the body's `statusCode`. From §1.7 (the real server, checked
+later): bucket creation checks the requested `file_size_limit` against the server's global upload
+limit (`upload_limit`, 50 MiB by default) BEFORE it checks for a duplicate, so an existing bucket
+still gets 413; an invalid bucket name (`a/b`) gets `400 Invalid Input: Bucket name invalid`; a wrong
+bearer token gets 403 `AccessDenied`; a public URL into a private bucket answers `Bucket not found`.
+Assumed, not recorded: which names are invalid beyond `a/b` (storage-api's `isValidBucketName`
+character set, without '/' and '\\'), and the message of a bad token.
 `fail_next(status)` makes the next requests fail with a 5xx/429 to exercise retries.
 """
 
@@ -16,10 +20,12 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from email.utils import formatdate
 from typing import Any
 from urllib.parse import parse_qs, unquote
@@ -27,10 +33,14 @@ from urllib.parse import parse_qs, unquote
 from pipeline.testing.http_server import LocalHTTPServer, Request, Response
 
 PREFIX = "/storage/v1"
-ERRORS: dict[str, dict[str, str]] = {  # integrations.md §1.4, verbatim
+DEFAULT_UPLOAD_LIMIT = 50 * 1024 * 1024   # the server's UPLOAD_FILE_SIZE_LIMIT default (integrations.md §1.7)
+# storage-api's isValidBucketName: S3-safe characters, never '/' or '\\' (only `a/b` is recorded).
+_BUCKET_NAME = re.compile(r"^[\w!.*'() &$@=;:+,?-]+$", re.ASCII)
+ERRORS: dict[str, dict[str, str]] = {  # integrations.md §1.4 and §1.7 (bad_auth's error and message assumed)
     "no_auth": {"statusCode": "400", "error": "Error", "code": "InvalidRequest",
                 "message": "headers must have required property 'authorization'"},
-    "bad_auth": {"statusCode": "403", "error": "Unauthorized", "message": "invalid signature"},
+    "bad_auth": {"statusCode": "403", "error": "Unauthorized", "message": "invalid signature", "code": "AccessDenied"},
+    "bad_bucket_name": {"statusCode": "400", "error": "Invalid Input", "message": "Bucket name invalid"},
     "duplicate": {"statusCode": "409", "error": "Duplicate", "message": "The resource already exists",
                   "code": "KeyAlreadyExists"},
     "duplicate_bucket": {"statusCode": "409", "error": "Duplicate", "message": "The resource already exists",
@@ -54,7 +64,7 @@ class StoredBucket:
     public: bool
     file_size_limit: int | None
     allowed_mime_types: list[str] | None
-    created_at: str = field(default_factory=lambda: formatdate(usegmt=True))
+    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="milliseconds"))
 
 
 @dataclass
@@ -90,10 +100,13 @@ def parse_multipart(body: bytes, content_type: str) -> dict[str, tuple[str, byte
 
 
 class SupabaseStandIn:
-    """In-memory Storage API at `self.url` (use it as SUPABASE_URL); `service_key` is the accepted bearer."""
+    """In-memory Storage API at `self.url` (use it as SUPABASE_URL); `service_key` is the accepted bearer,
+    `upload_limit` the global upload limit in bytes (a test may lower it, as a small project has)."""
 
-    def __init__(self, service_key: str = "standin-service-role-key") -> None:
+    def __init__(self, service_key: str = "standin-service-role-key",
+                 upload_limit: int = DEFAULT_UPLOAD_LIMIT) -> None:
         self.service_key = service_key
+        self.upload_limit = upload_limit
         self.buckets: dict[str, StoredBucket] = {}
         self.files: dict[tuple[str, str], StoredFile] = {}
         self._failures: list[int] = []
@@ -111,8 +124,10 @@ class SupabaseStandIn:
         return self.http.requests
 
     def reset(self) -> None:
-        """Forget buckets, files, queued failures and the request log (reuse one server across tests)."""
+        """Forget buckets, files, queued failures and the request log, and restore the default upload limit
+        (reuse one server across tests)."""
         with self._lock:
+            self.upload_limit = DEFAULT_UPLOAD_LIMIT
             self.buckets.clear()
             self.files.clear()
             self._failures.clear()
@@ -197,7 +212,13 @@ class SupabaseStandIn:
                 "created_at": bucket.created_at, "updated_at": bucket.created_at}
 
     def _create_bucket(self, request: Request) -> Response:
+        """The real server's order: the name, then the size limit against the global one, then duplicates."""
         body = json.loads(request.body or b"{}")
+        if not _BUCKET_NAME.match(str(body.get("id", ""))):
+            return _error("bad_bucket_name")
+        limit = body.get("file_size_limit")
+        if limit is not None and limit > self.upload_limit:
+            return _error("too_large")   # even when the bucket exists (integrations.md §1.7)
         if body["id"] in self.buckets:
             return _error("duplicate_bucket")
         self.buckets[body["id"]] = StoredBucket(body["id"], bool(body.get("public", False)),
@@ -217,7 +238,8 @@ class SupabaseStandIn:
         else:
             content_type, data = request_type or "text/plain", request.body
             cache_control = request.headers.get("cache-control", "3600").removeprefix("max-age=")
-        if bucket.file_size_limit is not None and len(data) > bucket.file_size_limit:
+        limit = min(bucket.file_size_limit or self.upload_limit, self.upload_limit)   # None/0: the global limit
+        if len(data) > limit:
             return _error("too_large")
         mime = content_type.split(";")[0].strip()
         if bucket.allowed_mime_types and not any(
@@ -236,8 +258,10 @@ class SupabaseStandIn:
         bucket = self.buckets.get(bucket_id)
         if bucket is None:
             return _error("no_bucket")
+        if public_only and not bucket.public:
+            return _error("no_bucket")   # the real server's answer (integrations.md §1.7)
         stored = self.files.get((bucket_id, key))
-        if stored is None or (public_only and not bucket.public):
+        if stored is None:
             return _error("no_object")
         return Response(200, stored.data, {
             "Content-Type": stored.content_type, "Cache-Control": f"max-age={stored.cache_control}",
