@@ -13,6 +13,7 @@ import redis
 from pipeline.testing.http_server import LocalHTTPServer
 from pipeline.testing.redis_server import RedisServer
 from tests.support.paths import TINY_FIXTURE_DIR
+from tests.support.supabase_standin import TEST_SERVICE_KEY, SupabaseStandIn
 
 # Per-test limits (pytest-timeout, seconds) of the tests that outgrow the default `timeout` in pyproject.toml.
 # A session fixture's start-up (the local Ray, the 1.7 GB random checkpoint) counts against its first test.
@@ -72,3 +73,17 @@ def full_random_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from pipeline.model.random_checkpoint import write_random_checkpoint
 
     return write_random_checkpoint(tmp_path_factory.mktemp("full-random") / "full", "full", seed=0)
+
+
+@pytest.fixture(scope="module")
+def standin_server() -> Iterator[SupabaseStandIn]:
+    """One Supabase Storage stand-in per test module (a fake of third-party SaaS that cannot run here)."""
+    with SupabaseStandIn(service_key=TEST_SERVICE_KEY) as server:
+        yield server
+
+
+@pytest.fixture
+def standin(standin_server: SupabaseStandIn) -> SupabaseStandIn:
+    """The module's stand-in server, emptied for this test."""
+    standin_server.reset()
+    return standin_server

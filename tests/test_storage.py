@@ -27,25 +27,14 @@ from pipeline.delivery.storage import (
 from pipeline.errors import JobRejected, TransientError
 from pipeline.settings import Settings
 from pipeline.testing.redis_server import free_port
-from tests.support.supabase_standin import SupabaseStandIn
+from tests.support.supabase_standin import TEST_SERVICE_KEY, SupabaseStandIn
 
-SERVICE_KEY = "sk-test-ServiceRoleKey-7f3a9c21e5"
+SERVICE_KEY = TEST_SERVICE_KEY
 GLB = b"glTF\x02\x00\x00\x00" + bytes(range(256)) * 8
 JOB = SimpleNamespace(shop="demo.myshopify.com", product_handle="coffee-mug",
                       job_id="5f1c2a9e-3b7d-4c1e-9a0f-2d6b8e4c1a77")
 
 
-@pytest.fixture(scope="module")
-def standin_server() -> Iterator[SupabaseStandIn]:
-    with SupabaseStandIn(service_key=SERVICE_KEY) as server:
-        yield server
-
-
-@pytest.fixture
-def standin(standin_server: SupabaseStandIn) -> SupabaseStandIn:
-    """The module's stand-in server, emptied for this test."""
-    standin_server.reset()
-    return standin_server
 
 
 StoreFactory = Callable[..., SupabaseObjectStore]

@@ -23,23 +23,13 @@ from pipeline.errors import TransientError
 from pipeline.presets import PRESETS
 from pipeline.settings import DEFAULT_FILE_SIZE_LIMIT, LARGEST_ASSET_BYTES, Settings
 from pipeline.testing.redis_server import free_port
-from tests.support.supabase_standin import StoredBucket, SupabaseStandIn
+from tests.support.supabase_standin import TEST_SERVICE_KEY, StoredBucket, SupabaseStandIn
 
-SERVICE_KEY = "sk-test-ServiceRoleKey-41b7d0c9e2"
+SERVICE_KEY = TEST_SERVICE_KEY
 MIB = 1024 * 1024
 ALL_TYPES = sorted(set(CONTENT_TYPES.values()))
 
 
-@pytest.fixture(scope="module")
-def standin_server() -> Iterator[SupabaseStandIn]:
-    with SupabaseStandIn(service_key=SERVICE_KEY) as server:
-        yield server
-
-
-@pytest.fixture
-def standin(standin_server: SupabaseStandIn) -> SupabaseStandIn:
-    standin_server.reset()
-    return standin_server
 
 
 @pytest.fixture

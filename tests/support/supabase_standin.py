@@ -309,3 +309,7 @@ class SupabaseStandIn:
         if not valid:
             return _json(400, {"statusCode": "400", "error": "InvalidJWT", "message": "invalid signature"})
         return self._download(bucket_id, key)
+
+
+TEST_SERVICE_KEY = "sk-test-ServiceRoleKey-7f3a9c21e5"   # a test credential the stand-in accepts
+
