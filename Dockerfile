@@ -11,12 +11,16 @@
 ARG RAY_IMAGE=rayproject/ray:2.60.0-py311-gpu
 FROM ${RAY_IMAGE}
 
-# Headless GL for the poster (EGL with Mesa's llvmpipe; pipeline/assets/poster/gl.py). Ray's images run as
-# `ray`, which has passwordless sudo.
+# Headless GL for the poster (EGL with Mesa's llvmpipe; pipeline/assets/poster/gl.py), and node with npm
+# for the Khronos glTF validator every QA report runs. Ray's images run as `ray`, which has passwordless sudo.
 RUN sudo apt-get update -qq \
     && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        libgl1 libegl1 libegl-mesa0 libgl1-mesa-dri \
+        libgl1 libegl1 libegl-mesa0 libgl1-mesa-dri nodejs npm \
     && sudo rm -rf /var/lib/apt/lists/*
+# The validator where the installed package finds it without a checkout: `npm root -g`
+# (pipeline/assets/validation.py). The version is package.json's, which the tests run.
+ARG GLTF_VALIDATOR_VERSION=2.0.0-dev.3.10
+RUN sudo npm install -g --no-audit --no-fund "gltf-validator@${GLTF_VALIDATOR_VERSION}"
 
 # torch FIRST, as the CUDA build from PyTorch's own index. pyproject.toml only says torch>=2.4, so a
 # bare `pip install .` would take whatever PyPI serves (a different CUDA flavour than the image's,
@@ -39,7 +43,9 @@ COPY --chown=ray:users pipeline ./pipeline
 COPY --chown=ray:users deployments ./deployments
 # The `gpu` extra adds NVIDIA Warp, whose marching cubes keep extraction on the GPU ("auto" picks it on CUDA).
 RUN pip install --no-cache-dir ".[gpu]" \
-    && python -c "import deployments.app, deployments.autoscaling"
+    && python -c "import deployments.app, deployments.autoscaling" \
+    && cd / && python -c "import trimesh; from pipeline.assets.validation import validate_glb; \
+assert validate_glb(trimesh.creation.box().export(file_type='glb')).errors == 0"
 
 # Bake the models where serve_config.yaml's runtime_env points (same paths), through the same
 # loading roads the replicas use, so a replica finds exactly what was baked.

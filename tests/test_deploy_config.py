@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import json
 import re
 from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
@@ -513,3 +514,15 @@ def test_dockerignore_keeps_env_files_and_the_venv_out() -> None:
     assert patterns[0] == "*"  # an allow-list: nothing enters the build context unless named
     allowed = {p.removeprefix("!").rstrip("/") for p in patterns if p.startswith("!")}
     assert allowed == {"pyproject.toml", "README.md", "pipeline", "deployments"}
+
+
+def test_dockerfile_installs_node_and_the_validator_the_tests_run() -> None:
+    """Without node and gltf-validator every production QA report would say `unavailable`."""
+    instructions = dockerfile_instructions(DOCKERFILE.read_text(encoding="utf-8"))
+    args = dict(a.split("=", 1) for kind, a in instructions if kind == "ARG" and "=" in a)
+    pinned = json.loads((REPO_ROOT / "package.json").read_text())["dependencies"]["gltf-validator"]
+    assert args["GLTF_VALIDATOR_VERSION"] == pinned
+    node = first_index(instructions, "RUN", "apt-get install", "nodejs", "npm")
+    validator = first_index(instructions, "RUN", "npm install -g", "gltf-validator@${GLTF_VALIDATOR_VERSION}")
+    checked = first_index(instructions, "RUN", "cd / && python", "validate_glb")   # outside any checkout
+    assert node < validator < checked
