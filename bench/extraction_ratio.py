@@ -29,6 +29,7 @@ from scipy.spatial import cKDTree
 from pipeline.errors import JobRejected
 from pipeline.isosurface.extraction import ExtractionMethod, extract_mesh_with_stats
 from pipeline.mesh_arrays import MeshArrays
+from pipeline.model.random_checkpoint import make_stripes_image
 
 
 def disc_image(size: int) -> torch.Tensor:
@@ -47,19 +48,10 @@ def two_discs_image(size: int) -> torch.Tensor:
     return image[None]
 
 
-def stripes_image(size: int) -> torch.Tensor:
-    """A square of diagonal stripes: high-frequency input, usually a more convoluted surface."""
-    index = torch.arange(size)
-    stripes = ((index[:, None] + index[None, :]) // max(size // 16, 1)) % 2 == 0
-    square = (index[:, None] - size // 2).abs().maximum((index[None, :] - size // 2).abs()) < size // 3
-    image = torch.full((size, size, 3), 127 / 255)
-    image[stripes & square] = torch.tensor([0.15, 0.6, 0.2])
-    image[~stripes & square] = torch.tensor([0.85, 0.2, 0.6])
-    return image[None]
 
 
 IMAGES: dict[str, Callable[[int], torch.Tensor]] = {"disc": disc_image, "two-discs": two_discs_image,
-                                                     "stripes": stripes_image}
+                                                     "stripes": make_stripes_image}
 
 
 def vertex_distances(fast: MeshArrays, dense: MeshArrays) -> tuple[float, float]:

@@ -304,16 +304,6 @@ def test_fast_equals_dense_on_the_tiny_model(tiny_model: torch.nn.Module,
 
 # ---------------------------------------------------------------- a full-size random model
 
-def stripes_image(size: int) -> torch.Tensor:
-    """(1, size, size, 3): a square of diagonal stripes on the official gray, a more convoluted surface than
-    the calibration disc from the same weights (bench/extraction_ratio.py draws the same image)."""
-    index = torch.arange(size)
-    stripes = ((index[:, None] + index[None, :]) // max(size // 16, 1)) % 2 == 0
-    square = (index[:, None] - size // 2).abs().maximum((index[None, :] - size // 2).abs()) < size // 3
-    image = torch.full((size, size, 3), 127 / 255)
-    image[stripes & square] = torch.tensor([0.15, 0.6, 0.2])
-    image[~stripes & square] = torch.tensor([0.85, 0.2, 0.6])
-    return image[None]
 
 
 @pytest.fixture(scope="module")
@@ -327,11 +317,11 @@ def full_model(full_random_checkpoint: Path) -> torch.nn.Module:
 @pytest.mark.timeout(3600)
 @pytest.mark.parametrize("image", ["disc", "stripes"])
 def test_fast_equals_dense_on_a_full_size_random_model_at_256(full_model: torch.nn.Module, image: str) -> None:
-    from pipeline.model.random_checkpoint import make_calibration_image
+    from pipeline.model.random_checkpoint import make_calibration_image, make_stripes_image
 
     size = full_model.config.cond_image_size  # type: ignore[union-attr]
     with torch.inference_mode():
-        scene_code = full_model(make_calibration_image(size) if image == "disc" else stripes_image(size))[0]
+        scene_code = full_model(make_calibration_image(size) if image == "disc" else make_stripes_image(size))[0]
     dense, dense_stats = extract_mesh_with_stats(full_model, scene_code, 256, method="dense")  # type: ignore[arg-type]
     fast, fast_stats = extract_mesh_with_stats(full_model, scene_code, 256)  # type: ignore[arg-type]
     assert dense.n_faces > 100_000

@@ -105,6 +105,18 @@ def make_calibration_image(size: int = 512) -> Tensor:
     return image[None]
 
 
+
+def make_stripes_image(size: int = 512) -> Tensor:
+    """(1, size, size, 3): a square of diagonal stripes on the official gray; from the same weights it gives a
+    more convoluted surface than the calibration disc (the benches' and tests' hard case)."""
+    index = torch.arange(size)
+    stripes = ((index[:, None] + index[None, :]) // max(size // 16, 1)) % 2 == 0
+    square = (index[:, None] - size // 2).abs().maximum((index[None, :] - size // 2).abs()) < size // 3
+    image = torch.full((size, size, 3), 127 / 255)
+    image[stripes & square] = torch.tensor([0.15, 0.6, 0.2])
+    image[~stripes & square] = torch.tensor([0.85, 0.2, 0.6])
+    return image[None]
+
 def grid_points(resolution: int, radius: float) -> Tensor:
     """(R^3, 3) points of the marching-cubes grid with endpoints, flat index ix*R^2 + iy*R + iz."""
     axis = torch.linspace(-radius, radius, resolution)
