@@ -1,6 +1,6 @@
 """The ingress: polls the backend's Redis list in the background and drives each job through the
-graph (matting -> reconstruct -> publish, chained without awaiting each hop); HTTP routes for health,
-job state; the operator API (enqueueing too) and console come from pipeline.console.api.
+graph (matting -> reconstruct -> publish, each hop awaited, so a lost replica fails its own hop); HTTP
+routes for health, job state; the operator API (enqueueing too) and console come from pipeline.console.api.
 
 The claim loop is `pipeline.run.worker.JobWorker`; this file only wires it to DeploymentHandles, Ray
 metrics and FastAPI. Redis being down at start-up is not a constructor failure (Serve would give up
@@ -19,6 +19,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from redis.exceptions import RedisError
 
+from deployments.logs import send_project_logs_to_replica_log
 from deployments.metrics import IngressMetrics
 from deployments.remote_errors import raise_sorted
 from deployments.settings import replica_settings
@@ -56,6 +57,7 @@ class Ingress:
     async def __init__(self, matting: DeploymentHandle[Any], reconstruct: DeploymentHandle[Any],  # type: ignore[misc]
                        publish: DeploymentHandle[Any], overrides: dict[str, Any]) -> None:
         # (Serve awaits an async constructor; mypy knows __init__ only as sync.)
+        send_project_logs_to_replica_log()
         self.settings = settings = replica_settings(overrides)
         self.matting, self.reconstruct, self.publish = matting, reconstruct, publish
         self.defaults = JobDefaults.from_settings(settings)
@@ -87,12 +89,19 @@ class Ingress:
                     self.settings.max_inflight)
 
     async def _execute(self, job: Job) -> JobResult:
-        """matting -> reconstruct -> publish; responses are passed on unawaited, only the last is awaited."""
+        """matting -> reconstruct -> publish, awaiting each hop.
+
+        A replica lost mid-call (its process or its node gone) then fails the hop it was serving with an
+        actor error, sorted as `worker_lost` and retried, within Ray's node-failure detection (~15-30 s).
+        Chained unawaited, the lost response sat inside the next call's arguments, where Serve's router
+        retries "temporarily unavailable" without end: the job stalled until JOB_TIMEOUT_S and the log
+        flooded. The price is each stage's output passing through this replica once (docs/scaling.md).
+        """
         job = self.defaults.apply(job)
         try:
             async with asyncio.timeout(self.settings.job_timeout_s):
-                prepared = self.matting.prepare.remote(job)
-                reconstructed = self.reconstruct.reconstruct.remote(job, prepared)
+                prepared = await self.matting.prepare.remote(job)
+                reconstructed = await self.reconstruct.reconstruct.remote(job, prepared)
                 result: JobResult = await self.publish.publish.remote(job, reconstructed)
                 return result
         except TimeoutError:

@@ -6,9 +6,11 @@ from typing import Any
 
 from ray import serve
 
+from deployments.logs import send_project_logs_to_replica_log
 from deployments.metrics import StageTimer
 from deployments.settings import replica_settings
 from pipeline.jobs.envelopes import Job
+from pipeline.jobs.log_context import job_logging
 from pipeline.run import stages
 from pipeline.run.progress import ProgressRecorder
 from pipeline.run.runner import Intake
@@ -20,13 +22,15 @@ class Matting:
     """One rembg session and one SSRF-safe HTTP client per replica."""
 
     def __init__(self, overrides: dict[str, Any]) -> None:
+        send_project_logs_to_replica_log()
         self.settings = replica_settings(overrides)
         self.intake = Intake.from_settings(self.settings)
         self.progress = ProgressRecorder(self.settings.redis_url)
         self.timer = StageTimer()
 
     async def prepare(self, job: Job) -> stages.Prepared:
-        prepared = await stages.prepare(job, self.intake.select, self.progress.for_job(job.job_id))
+        with job_logging(job.job_id):
+            prepared = await stages.prepare(job, self.intake.select, self.progress.for_job(job.job_id))
         self.timer.observe("prepare", prepared.seconds)
         return prepared
 

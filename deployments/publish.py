@@ -7,10 +7,12 @@ from typing import Any
 
 from ray import serve
 
+from deployments.logs import send_project_logs_to_replica_log
 from deployments.metrics import StageTimer
 from deployments.settings import replica_settings
 from pipeline.delivery.storage import StoreReadiness, make_object_store
 from pipeline.jobs.envelopes import Job
+from pipeline.jobs.log_context import job_logging
 from pipeline.jobs.state import JobResult
 from pipeline.run import stages
 from pipeline.run.progress import ProgressRecorder
@@ -23,6 +25,7 @@ class Publish:
     (a misconfigured bucket, storage down) keeps the replica up so that ready(), hence /health, says why."""
 
     def __init__(self, overrides: dict[str, Any]) -> None:
+        send_project_logs_to_replica_log()
         self.settings = replica_settings(overrides)
         self.store = make_object_store(self.settings)
         self.storage = StoreReadiness(self.store)
@@ -31,8 +34,9 @@ class Publish:
         self.timer = StageTimer()
 
     async def publish(self, job: Job, reconstructed: stages.Reconstructed) -> JobResult:
-        await asyncio.to_thread(self.storage.require)
-        result = await stages.publish(job, reconstructed, self.store, self.progress.for_job(job.job_id))
+        with job_logging(job.job_id):
+            await asyncio.to_thread(self.storage.require)
+            result = await stages.publish(job, reconstructed, self.store, self.progress.for_job(job.job_id))
         timings = result.stats.get("timings_s", {})
         for stage in ("export", "upload"):
             self.timer.observe(stage, timings.get(stage, 0.0))

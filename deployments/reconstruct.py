@@ -25,11 +25,13 @@ from ray import serve
 from redis.exceptions import RedisError
 
 from deployments.autoscaling import BACKLOG_METRIC
+from deployments.logs import send_project_logs_to_replica_log
 from deployments.metrics import StageTimer
 from deployments.settings import replica_settings
 from pipeline.errors import Shop3dError
 from pipeline.isosurface.extraction import ExtractionMethod
 from pipeline.jobs.envelopes import Job
+from pipeline.jobs.log_context import job_logging
 from pipeline.model import load_pretrained
 from pipeline.model.device_faults import DeviceHealth
 from pipeline.presets import DEFAULT_CHUNK_SIZE
@@ -69,6 +71,7 @@ class Reconstruct:
     """One TripoSR per replica, loaded once; `reconstruct` is batched."""
 
     def __init__(self, overrides: dict[str, Any]) -> None:
+        send_project_logs_to_replica_log()
         self.settings = settings = replica_settings(overrides)
         self.model = load_pretrained(settings.tsr_model, settings.device, chunk_size=settings.chunk_size,
                                      num_threads=settings.torch_threads)
@@ -102,8 +105,9 @@ class Reconstruct:
 
     async def reconstruct(self, job: Job, prepared: stages.Prepared) -> stages.Reconstructed:
         """One job's mesh (and its colour field when a texture will be baked); raises its Shop3dError."""
-        reconstructed = await stages.reconstruct(job, prepared, self._reconstruct_batch,
-                                                 self.progress.for_job(job.job_id))
+        with job_logging(job.job_id):
+            reconstructed = await stages.reconstruct(job, prepared, self._reconstruct_batch,
+                                                     self.progress.for_job(job.job_id))
         self.timer.observe("forward", reconstructed.reconstruction.forward_s)
         self.timer.observe("extract", reconstructed.reconstruction.extract_s)
         return reconstructed
@@ -111,11 +115,14 @@ class Reconstruct:
     @serve.batch(max_batch_size=DEFAULT_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
     async def _reconstruct_batch(self, requests: list[stages.ReconstructRequest]
                                  ) -> list[Reconstruction | Shop3dError]:
-        logger.info("reconstructing a batch of %d (jobs %s)", len(requests), ", ".join(r.job_id for r in requests))
-        knobs = self.knobs
-        run = functools.partial(stages.reconstruct_batch, self.model, requests, method=knobs.extraction,
-                                chunk_size=knobs.chunk_size, health=self.health)
-        return await asyncio.to_thread(run)
+        # The batch runs in Serve's batching task, outside any one request: its lines name all its jobs.
+        with job_logging(",".join(r.job_id for r in requests)):
+            logger.info("reconstructing a batch of %d (jobs %s)", len(requests),
+                        ", ".join(r.job_id for r in requests))
+            knobs = self.knobs
+            run = functools.partial(stages.reconstruct_batch, self.model, requests, method=knobs.extraction,
+                                    chunk_size=knobs.chunk_size, health=self.health)
+            return await asyncio.to_thread(run)
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
         """The backlog in Redis (jobs nobody has claimed yet), for `backlog_policy`."""

@@ -13,6 +13,7 @@ import importlib
 import json
 import re
 from collections.abc import Callable, Collection, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -255,7 +256,9 @@ def test_production_shares_gpus_and_pins_pools() -> None:
     for name in CPU_STAGES:
         options = deployment(config, name)["ray_actor_options"]
         assert options.get("num_gpus", 0) == 0
-        assert options["label_selector"] == {"pool": "cpu"}
+        # The Ingress stays on the head; the CPU stages go to the autoscaled CPU workers, never the head.
+        role = "head" if name == "Ingress" else "worker"
+        assert options["label_selector"] == {"pool": "cpu", "role": role}
     ingress = deployment(config, "Ingress")
     assert ingress["ray_actor_options"]["num_cpus"] == 0.1
     assert (ingress["graceful_shutdown_timeout_s"], ingress["health_check_period_s"]) == (60, 5)
@@ -298,40 +301,54 @@ def test_launcher_validation_rejects_a_typo() -> None:
         validate_config(prepare_config(config))
 
 
-def test_cluster_has_a_cpu_head_and_a_scalable_gpu_pool() -> None:
+def test_cluster_has_a_cpu_head_and_scalable_cpu_and_gpu_pools() -> None:
     config = load_yaml(CLUSTER_YAML)
     node_types = config["available_node_types"]
     head = node_types[config["head_node_type"]]
-    assert head["labels"] == {"pool": "cpu"} and head["resources"].get("GPU", 0) == 0
-    (gpu,) = [t for t in node_types.values() if t.get("labels") == {"pool": "gpu"}]
+    assert head["labels"] == {"pool": "cpu", "role": "head"} and head["resources"].get("GPU", 0) == 0
+    (cpu,) = [t for t in node_types.values() if t.get("labels") == {"pool": "cpu", "role": "worker"}]
+    (gpu,) = [t for t in node_types.values() if t.get("labels") == {"pool": "gpu", "role": "worker"}]
     assert gpu["resources"]["GPU"] >= 1 and 0 <= gpu["min_workers"] <= gpu["max_workers"]
+    assert cpu["resources"].get("GPU", 0) == 0 and 1 <= cpu["min_workers"] < cpu["max_workers"]   # scales out
+    assert config["max_workers"] == cpu["max_workers"] + gpu["max_workers"]
     assert config["docker"]["image"] == rayservice_image()
     for command in config["head_start_ray_commands"][1:] + config["worker_start_ray_commands"][1:]:
         assert "--metrics-export-port=" in command
     assert "--dashboard-host=0.0.0.0" in config["head_start_ray_commands"][-1]
 
 
-def cluster_pools() -> dict[str, tuple[float, float, int]]:
-    """cluster.yaml: pool label -> (CPUs per node, GPUs per node, most nodes)."""
+@dataclass(frozen=True)
+class NodeGroup:
+    """One kind of node: its Ray labels, CPUs and GPUs per node, and how many there can be."""
+
+    name: str
+    labels: dict[str, str]
+    cpus: float
+    gpus: float
+    most: int
+
+
+def cluster_pools() -> list[NodeGroup]:
+    """cluster.yaml's node types."""
     config = load_yaml(CLUSTER_YAML)
-    pools = {}
+    groups = []
     for name, node_type in config["available_node_types"].items():
         most = 1 if name == config["head_node_type"] else node_type["max_workers"]
         resources = node_type["resources"]
-        pools[node_type["labels"]["pool"]] = (resources["CPU"], resources.get("GPU", 0), most)
-    return pools
+        groups.append(NodeGroup(name, node_type["labels"], resources["CPU"], resources.get("GPU", 0), most))
+    return groups
 
 
-def rayservice_pools() -> dict[str, tuple[float, float, int]]:
-    """The RayService's groups: pool label -> (CPUs per node, GPUs per node, most nodes)."""
+def rayservice_pools() -> list[NodeGroup]:
+    """The RayService's head and worker groups."""
     cluster = load_yaml(RAYSERVICE_YAML)["spec"]["rayClusterConfig"]
     head = cluster["headGroupSpec"]
-    pools = {head["labels"]["pool"]: (float(head["rayStartParams"]["num-cpus"]), 0.0, 1)}
+    groups = [NodeGroup("head", head["labels"], float(head["rayStartParams"]["num-cpus"]), 0.0, 1)]
     for group in cluster["workerGroupSpecs"]:
         limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
-        pools[group["labels"]["pool"]] = (float(group["rayStartParams"]["num-cpus"]),
-                                          float(limits.get("nvidia.com/gpu", 0)), group["maxReplicas"])
-    return pools
+        groups.append(NodeGroup(group["groupName"], group["labels"], float(group["rayStartParams"]["num-cpus"]),
+                                float(limits.get("nvidia.com/gpu", 0)), group["maxReplicas"]))
+    return groups
 
 
 def most_replicas(entry: Mapping[str, Any]) -> int:
@@ -339,21 +356,23 @@ def most_replicas(entry: Mapping[str, Any]) -> int:
 
 
 @pytest.mark.parametrize("pools", [cluster_pools, rayservice_pools], ids=["cluster.yaml", "rayservice"])
-def test_every_deployment_fits_its_pool_at_full_scale(pools: Callable[[], dict[str, Any]]) -> None:
-    """Each label_selector names a pool that exists, and the pool holds the stage at max_replicas."""
-    capacity = pools()
-    cpu_demand = dict.fromkeys(capacity, 0.0)
+def test_every_deployment_fits_its_pool_at_full_scale(pools: Callable[[], list[NodeGroup]]) -> None:
+    """Each label_selector matches exactly one node group (so placement is decided by the config, not by
+    chance), and that group holds the stage at max_replicas."""
+    groups = pools()
+    cpu_demand = {group.name: 0.0 for group in groups}
     for entry in the_app(load_serve_config("production"))["deployments"]:
         actor = entry["ray_actor_options"]
-        pool = actor["label_selector"]["pool"]
-        assert pool in capacity, f"{entry['name']} selects pool {pool!r}, which no node type offers"
-        cpus, gpus, nodes = capacity[pool]
-        cpu_demand[pool] += most_replicas(entry) * actor["num_cpus"]
+        selector = actor["label_selector"]
+        matching = [g for g in groups if selector.items() <= g.labels.items()]
+        assert len(matching) == 1, f"{entry['name']}'s selector {selector} matches {[g.name for g in matching]}"
+        (group,) = matching
+        cpu_demand[group.name] += most_replicas(entry) * actor["num_cpus"]
         if actor.get("num_gpus"):
-            per_node = min(gpus / actor["num_gpus"], cpus / actor["num_cpus"])
-            assert per_node * nodes >= most_replicas(entry), f"{entry['name']}: max_replicas cannot be placed"
-    for pool, (cpus, _gpus, nodes) in capacity.items():
-        assert cpu_demand[pool] <= cpus * nodes, f"pool {pool!r} is short of CPUs at full scale"
+            per_node = min(group.gpus / actor["num_gpus"], group.cpus / actor["num_cpus"])
+            assert per_node * group.most >= most_replicas(entry), f"{entry['name']}: max_replicas cannot be placed"
+    for group in groups:
+        assert cpu_demand[group.name] <= group.cpus * group.most, f"{group.name} is short of CPUs at full scale"
 
 
 def rayservice_image() -> str:
@@ -369,9 +388,11 @@ def test_rayservice_runs_the_same_application_on_a_gpu_autoscaled_cluster() -> N
     assert load_serve_config("kuberay") == load_serve_config("production")
     cluster = service["spec"]["rayClusterConfig"]
     assert cluster["rayVersion"] == ray.__version__ and cluster["enableInTreeAutoscaling"] is True
-    assert cluster["headGroupSpec"]["labels"] == {"pool": "cpu"}
-    (gpu,) = cluster["workerGroupSpecs"]
-    assert (gpu["minReplicas"], gpu["maxReplicas"], gpu["labels"]) == (0, 4, {"pool": "gpu"})
+    assert cluster["headGroupSpec"]["labels"] == {"pool": "cpu", "role": "head"}
+    cpu, gpu = cluster["workerGroupSpecs"]
+    assert (gpu["minReplicas"], gpu["maxReplicas"], gpu["labels"]) == (0, 4, {"pool": "gpu", "role": "worker"})
+    assert cpu["labels"] == {"pool": "cpu", "role": "worker"} and 1 <= cpu["minReplicas"] < cpu["maxReplicas"]
+    assert "nvidia.com/gpu" not in cpu["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert gpu["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
 
 

@@ -315,13 +315,15 @@ def full_model(full_random_checkpoint: Path) -> torch.nn.Module:
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
-@pytest.mark.parametrize("image", ["disc", "stripes"])
-def test_fast_equals_dense_on_a_full_size_random_model_at_256(full_model: torch.nn.Module, image: str) -> None:
-    from pipeline.model.random_checkpoint import make_calibration_image, make_stripes_image
+def test_fast_equals_dense_on_a_full_size_random_model_at_256(full_model: torch.nn.Module) -> None:
+    """On the convoluted stripes surface (~1.1M faces at 256^3), the hardest of the bench's inputs for the
+    fast path. The disc surface is compared by bench/extraction_ratio.py, not here: each comparison costs
+    over a minute of CI, and the suite has a 25-minute budget."""
+    from pipeline.model.random_checkpoint import make_stripes_image
 
     size = full_model.config.cond_image_size  # type: ignore[union-attr]
     with torch.inference_mode():
-        scene_code = full_model(make_calibration_image(size) if image == "disc" else make_stripes_image(size))[0]
+        scene_code = full_model(make_stripes_image(size))[0]
     dense, dense_stats = extract_mesh_with_stats(full_model, scene_code, 256, method="dense")  # type: ignore[arg-type]
     fast, fast_stats = extract_mesh_with_stats(full_model, scene_code, 256)  # type: ignore[arg-type]
     assert dense.n_faces > 100_000

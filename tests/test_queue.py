@@ -373,6 +373,9 @@ def test_transient_error_is_retried_after_a_delay_then_succeeds(redis_url: str) 
             state = await get_job_state(client, job.job_id)
             assert state is not None and state["status"] == "completed" and state["attempts"] == 2
             assert "error" not in state and "retry_at" not in state
+            # ... but the history keeps why the first attempt failed.
+            (event,) = state["history"]
+            assert (event["event"], event["attempt"], event["error"]["code"]) == ("retry", 1, "image_unreachable")
             assert await all_settled(client)
 
     run(scenario())

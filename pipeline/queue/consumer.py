@@ -38,6 +38,7 @@ from pipeline.jobs import state as job_state
 from pipeline.jobs.envelopes import Job, ParsedMessage, parse_message
 from pipeline.jobs.index import INDEX_KEYS
 from pipeline.jobs.keys import DEAD_INFO_KEY, DEAD_KEY, DELAYED_KEY, heartbeat_key, job_key, lock_key, processing_key
+from pipeline.jobs.log_context import job_logging
 from pipeline.jobs.state import JobResult
 from pipeline.queue.admin import DeadLetter, dead_letter_count, dead_letters, enqueue, queue_depth, submit_job
 from pipeline.queue.config import (
@@ -219,10 +220,15 @@ class ReliableQueue:
             message = parse_message(raw)
         except JobRejected as rejection:
             claim = Claim(raw, self.consumer_id, rejection=rejection)
-            log.warning("job %s: rejected from queue %s: %s (%s)", claim.job_id or "<unknown>",
-                        self.queue_name, rejection.code, rejection.message)
-            await self._sort_failure(claim, rejection)
+            with job_logging(claim.job_id or "unknown"):
+                log.warning("job %s: rejected from queue %s: %s (%s)", claim.job_id or "<unknown>",
+                            self.queue_name, rejection.code, rejection.message)
+                await self._sort_failure(claim, rejection)
             return claim
+        with job_logging(message.job.job_id):
+            return await self._admit_job(raw, message)
+
+    async def _admit_job(self, raw: bytes, message: ParsedMessage) -> Claim:
         job_id = message.job.job_id
         try:
             kind, attempt = await self._scripts.claim(

@@ -78,6 +78,18 @@ if job_id ~= '' and #ARGV >= 9 then
   if mode ~= 'retry' then redis.call('HDEL', state, 'retry_at') end
   redis.call('HSET', state, unpack(ARGV, 9))
 end
+if job_id ~= '' and mode == 'retry' then
+  -- The next claim clears `error`; the history keeps why each retried attempt failed.
+  local fields = {}
+  for i = 9, #ARGV - 1, 2 do fields[ARGV[i]] = ARGV[i + 1] end
+  local event = {event = 'retry', attempt = tonumber(redis.call('HGET', state, 'attempts')), at = fields['updated_at']}
+  if fields['error'] then event.error = cjson.decode(fields['error']) end
+  local previous = redis.call('HGET', state, 'history')
+  local history = {}
+  if previous then history = cjson.decode(previous) end
+  table.insert(history, event)
+  redis.call('HSET', state, 'history', cjson.encode(history))
+end
 if job_id ~= '' then
   redis.call('EXPIRE', state, ARGV[5])
   index_job(state, job_id, ARGV[5], 9)

@@ -1,5 +1,5 @@
-"""Best-effort stage/progress writes to the job's Redis state, from wherever a stage runs (a Serve replica
-cannot report through the ingress: hops are chained without awaiting each one).
+"""Best-effort stage/progress writes to the job's Redis state, from wherever a stage runs (the stage knows
+how far it got while the ingress only waits for the hop's answer).
 
 Progress is informative: a Redis hiccup here is logged and ignored, never fails the job.
 """

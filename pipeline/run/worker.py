@@ -20,6 +20,7 @@ from typing import Protocol
 from pipeline.delivery.reporting import JobIdentity, JobReporter
 from pipeline.errors import error_from_exception
 from pipeline.jobs.envelopes import Job
+from pipeline.jobs.log_context import job_logging
 from pipeline.jobs.state import JobResult
 from pipeline.queue.consumer import Claim, ClaimLost, ReliableQueue
 
@@ -114,6 +115,10 @@ class JobWorker:
         self.metrics.inflight_changed(len(self._tasks))
 
     async def _handle(self, claim: Claim) -> None:
+        with job_logging(claim.job_id or "unknown"):
+            await self._settle(claim)
+
+    async def _settle(self, claim: Claim) -> None:
         started = time.perf_counter()
         outcome = "skipped"
         try:
