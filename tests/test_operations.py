@@ -207,7 +207,9 @@ def test_a_job_dead_lettered_while_its_image_host_was_down_is_requeued_over_http
         for job_id, by in (("via-http", "api"), ("via-cli", "cli")):
             state = await get_job_state(harness.redis, job_id)
             assert state is not None and state["attempts"] == 1 and "error" not in state
-            (requeued,) = state["history"]
+            *retries, requeued = state["history"]   # the transient failures first, one per retried attempt
+            assert [(e["event"], e["attempt"]) for e in retries] == [("retry", n) for n in range(1, FAST.max_attempts)]
+            assert all(e["error"]["code"] == "image_unreachable" for e in retries)
             assert requeued["event"] == "requeued" and requeued["by"] == by
             assert requeued["previous_attempts"] == FAST.max_attempts
             assert requeued["previous_error"]["code"] == "image_unreachable"
