@@ -28,7 +28,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline.testing.graph import RAY_ENV, Backend, small_options, wait_for
+from pipeline.testing.graph import RAY_ENV, Backend, replica_pids, small_options, wait_for
 from pipeline.testing.matting_model import make_product_photo, write_tiny_matting_onnx
 from pipeline.testing.redis_server import RedisServer
 
@@ -222,17 +222,14 @@ def through_graph(model_dir: Path, matting: Path, backend: Backend, redis_url: s
 
 
 def process_cpu_seconds(app: str, deployment: str) -> float:
-    """User + system CPU seconds so far of the deployment's replica processes (found by the process title
-    Ray gives them, `ray::ServeReplica:<app>:<deployment>`), from /proc."""
-    title = f"ray::ServeReplica:{app}:{deployment}".encode()
+    """User + system CPU seconds so far of the deployment's replica processes, from /proc."""
     ticks = 0
-    for proc in Path("/proc").iterdir():
+    for pid in replica_pids(app, deployment):
         try:
-            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(title):
-                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-                ticks += int(fields[11]) + int(fields[12])   # utime, stime
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
+        ticks += int(fields[11]) + int(fields[12])   # utime, stime
     return ticks / os.sysconf("SC_CLK_TCK")
 
 

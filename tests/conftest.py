@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import redis
@@ -14,6 +15,9 @@ from pipeline.testing.http_server import LocalHTTPServer
 from pipeline.testing.redis_server import RedisServer
 from tests.support.paths import TINY_FIXTURE_DIR
 from tests.support.supabase_standin import TEST_SERVICE_KEY, SupabaseStandIn
+
+if TYPE_CHECKING:
+    import torch
 
 # Per-test limits (pytest-timeout, seconds) of the tests that outgrow the default `timeout` in pyproject.toml.
 # A session fixture's start-up (the local Ray, the 1.7 GB random checkpoint) counts against its first test.
@@ -55,6 +59,17 @@ def redis_url(redis_server: RedisServer) -> str:
 def http_server() -> Iterator[LocalHTTPServer]:
     with LocalHTTPServer() as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_fixture_dir: Path) -> Iterator[torch.nn.Module]:
+    """The tiny fixture loaded offline (its ViT config from the copy's own HF home); tests/model has its own."""
+    from pipeline.model import load_pretrained
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HOME", str(tiny_fixture_dir / "hf-home"))
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        yield load_pretrained(tiny_fixture_dir)
 
 
 @pytest.fixture(scope="session")

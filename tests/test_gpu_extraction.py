@@ -138,14 +138,6 @@ def reference(tiny_fixture_dir: Path) -> dict[str, np.ndarray]:
         return {key: data[key] for key in data.files}
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tiny_fixture_dir: Path) -> Iterator[torch.nn.Module]:
-    from pipeline.model import load_pretrained
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HF_HOME", str(tiny_fixture_dir / "hf-home"))
-        patch.setenv("HF_HUB_OFFLINE", "1")
-        yield load_pretrained(tiny_fixture_dir)
 
 
 @pytest.mark.parametrize("resolution", [32, 40])

@@ -8,7 +8,7 @@ the models are our own pipeline.model networks, loaded from the fixture or a ran
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -262,14 +262,6 @@ def test_bad_arguments_raise_value_errors() -> None:
 
 # ---------------------------------------------------------------- the tiny fixture model
 
-@pytest.fixture(scope="module")
-def tiny_model(tiny_fixture_dir: Path) -> Iterator[torch.nn.Module]:
-    from pipeline.model import load_pretrained
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HF_HOME", str(tiny_fixture_dir / "hf-home"))
-        patch.setenv("HF_HUB_OFFLINE", "1")
-        yield load_pretrained(tiny_fixture_dir)
 
 
 def test_dense_grid_of_the_tiny_model_matches_the_fixture_grid(tiny_model: torch.nn.Module,

@@ -28,10 +28,6 @@ def job_logging(job_id: str) -> Iterator[None]:
         _current_job_id.reset(token)
 
 
-def current_job_id() -> str | None:
-    return _current_job_id.get()
-
-
 class JobIdFilter(logging.Filter):
     """Adds `shop3d_job_id` to records logged while a job is current (never drops a record)."""
 

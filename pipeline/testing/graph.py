@@ -72,3 +72,20 @@ def wait_for(check: Callable[[], bool], what: str, timeout_s: float = 120.0, eve
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
         time.sleep(every_s)
+
+
+def replica_pids(app: str, deployment: str) -> list[int]:
+    """PIDs of one deployment's replica processes (to SIGKILL them), found by the process title Ray
+    gives actor workers (`ray::ServeReplica:<app>:<deployment>...`); the state API would need the dashboard."""
+    title = f"ray::ServeReplica:{app}:{deployment}".encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if cmdline.startswith(title) and cmdline[len(title):len(title) + 1] in (b"", b".", b"\x00", b" "):
+            pids.append(int(proc.name))
+    return pids

@@ -17,8 +17,8 @@ restarted mid-job loses and repeats nothing; the project's job lines are in the 
 from __future__ import annotations
 
 import json
+import os
 import secrets
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,11 +30,12 @@ import pytest
 import redis
 import yaml
 
-from pipeline.testing.graph import RAY_ENV, Backend, wait_for
-from pipeline.testing.matting_model import make_product_photo, write_tiny_matting_onnx
+from pipeline.testing.graph import RAY_ENV, Backend, replica_pids, wait_for
+from pipeline.testing.matting_model import make_product_photo
 from pipeline.testing.redis_server import RedisServer, free_port
-from tests.support.paths import REPO_ROOT, TINY_FIXTURE_DIR
+from tests.support.paths import REPO_ROOT
 from tests.support.ray_nodes import LocalRayCluster, RayNode
+from tests.support.services import TinyModelFiles
 
 pytestmark = [pytest.mark.ray, pytest.mark.cluster]
 
@@ -86,8 +87,6 @@ class Deployed:
             d["status"] == "HEALTHY" for d in app["deployments"].values())
 
     def replica_nodes(self, deployment: str) -> list[RayNode]:
-        from tests.serve.conftest import replica_pids
-
         nodes = [self.cluster.node_of(pid) for pid in replica_pids(APP, deployment)]
         return [n for n in nodes if n is not None]
 
@@ -103,18 +102,18 @@ class Deployed:
         assert done.returncode == 0, done.stdout + done.stderr
 
 
-def production_config(redis_url: str, backend: Backend, models: Path, u2net_home: Path, matting: Path
-                      ) -> dict[str, Any]:
+def production_config(redis_url: str, backend: Backend, models: TinyModelFiles) -> dict[str, Any]:
     """serve_config.yaml with only what this machine forces changed (see the module docstring)."""
     config = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())
     config["http_options"] = {"host": "127.0.0.1", "port": free_port()}
     (app,) = config["applications"]
     app["args"].update(
-        redis_url=redis_url, device="cpu", tsr_model=str(models), rembg_model=str(matting),
+        redis_url=redis_url, device="cpu", tsr_model=str(models.tsr_dir), rembg_model=str(models.matting),
         storage_backend="local", local_storage_dir=str(backend.storage_dir),
         local_storage_base_url=backend.server.url("/objects"), backend_url=backend.server.url("/"),
         webhook_path="/hooks", allow_private_urls=True, heartbeat_ttl_s=6, retry_base_s=1)
-    app["runtime_env"]["env_vars"].update(HF_HOME=str(models.parent / "hf"), U2NET_HOME=str(u2net_home))
+    app["runtime_env"]["env_vars"].update(HF_HOME=str(models.tsr_dir.parent / "hf"),
+                                          U2NET_HOME=str(models.u2net_home))
     return config
 
 
@@ -130,10 +129,7 @@ def start_cluster(env: dict[str, str]) -> LocalRayCluster:
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     work = tmp_path_factory.mktemp("multinode")
-    models = work / "tiny"
-    shutil.copytree(TINY_FIXTURE_DIR, models)
-    u2net_home = work / "u2net"
-    matting = write_tiny_matting_onnx(u2net_home / "models" / "tiny.onnx")
+    models = TinyModelFiles.write(work)
     redis_server = RedisServer(work)
     redis_server.start()
     backend = Backend(work / "objects")
@@ -145,7 +141,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     client = redis.Redis.from_url(redis_server.url)
     running = Deployed(cluster, client, backend, photo, work / "serve_config.yaml", token)
     try:
-        running.deploy(production_config(redis_server.url, backend, models, u2net_home, matting))
+        running.deploy(production_config(redis_server.url, backend, models))
         wait_for(running.app_running, "the production config RUNNING on the cluster", 240, 1)
         yield running
     finally:
@@ -156,8 +152,6 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
 
 
 def _base_env() -> dict[str, str]:
-    import os
-
     keep = ("PATH", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV", "NUMBA_CACHE_DIR", "XDG_CACHE_HOME")
     return {k: v for k, v in os.environ.items() if k in keep}
 
@@ -246,8 +240,6 @@ def test_losing_the_cpu_node_mid_job_costs_one_attempt(deployed: Deployed) -> No
 
 
 def test_a_rolling_update_under_load_loses_and_repeats_nothing(deployed: Deployed) -> None:
-    from tests.serve.conftest import replica_pids
-
     config = yaml.safe_load(deployed.config_path.read_text())
     (app,) = config["applications"]
     app["runtime_env"]["env_vars"]["SHOP3D_RELEASE"] = "2"      # a changed runtime_env: every replica is replaced

@@ -9,7 +9,6 @@ ONNX matting model the tests build.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +17,8 @@ from typing import Any
 import pytest
 
 from pipeline.testing.graph import RAY_ENV, Backend
-from pipeline.testing.matting_model import write_tiny_matting_onnx
 from pipeline.testing.redis_server import RedisServer, free_port
-from tests.support.paths import TINY_FIXTURE_DIR
+from tests.support.services import TinyModelFiles
 
 OPERATOR_TOKEN = "graph-operator-token"   # a test credential; replicas read secrets from their env
 
@@ -35,13 +33,9 @@ class RayCluster:
 
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
-    work = tmp_path_factory.mktemp("ray-models")
-    models_dir = work / "tiny"
-    shutil.copytree(TINY_FIXTURE_DIR, models_dir)
-    u2net_home = work / "u2net"
-    matting = write_tiny_matting_onnx(u2net_home / "models" / "tiny.onnx")
+    models = TinyModelFiles.write(tmp_path_factory.mktemp("ray-models"))
     saved = dict(os.environ)
-    os.environ.update(RAY_ENV, U2NET_HOME=str(u2net_home), OPERATOR_TOKEN=OPERATOR_TOKEN)
+    os.environ.update(RAY_ENV, U2NET_HOME=str(models.u2net_home), OPERATOR_TOKEN=OPERATOR_TOKEN)
     import ray
     from ray import serve
 
@@ -50,7 +44,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster
              object_store_memory=256 * 1024**2, _metrics_export_port=metrics_port)
     serve.start(http_options={"host": "127.0.0.1", "port": http_port})
     try:
-        yield RayCluster(models_dir, matting, http_port, metrics_port)
+        yield RayCluster(models.tsr_dir, models.matting, http_port, metrics_port)
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -82,23 +76,6 @@ def replica_states(app: str, deployment: str) -> dict[str, int]:
 
 def running_replicas(app: str, deployment: str) -> int:
     return replica_states(app, deployment).get("RUNNING", 0)
-
-
-def replica_pids(app: str, deployment: str) -> list[int]:
-    """PIDs of one deployment's replica processes (to SIGKILL them), found by the process title Ray
-    gives actor workers (`ray::ServeReplica:<app>:<deployment>...`); the state API would need the dashboard."""
-    title = f"ray::ServeReplica:{app}:{deployment}".encode()
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if cmdline.startswith(title) and cmdline[len(title):len(title) + 1] in (b"", b".", b"\x00", b" "):
-            pids.append(int(proc.name))
-    return pids
 
 
 @pytest.fixture

@@ -15,10 +15,10 @@ import pytest
 import redis
 
 from pipeline.run.failpoints import ENV as FAILPOINTS_ENV
-from pipeline.testing.graph import Backend, small_options, wait_for
+from pipeline.testing.graph import Backend, replica_pids, small_options, wait_for
 from pipeline.testing.matting_model import make_product_photo
 from pipeline.testing.redis_server import RedisServer
-from tests.serve.conftest import RayCluster, app_args, replica_pids, running_replicas
+from tests.serve.conftest import RayCluster, app_args, running_replicas
 from tests.serve.test_graph import job_fields, readme_message
 
 pytestmark = pytest.mark.ray

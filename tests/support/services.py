@@ -3,6 +3,8 @@ a real SSRF-protected HTTP client that admits only the test server, and a local 
 
 from __future__ import annotations
 
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.delivery.storage import LocalObjectStore, ObjectStore
@@ -11,9 +13,27 @@ from pipeline.model import TripoSR, load_pretrained
 from pipeline.run.runner import Intake, Services
 from pipeline.run.stages import JobDefaults
 from pipeline.settings import Settings
-from pipeline.testing.matting_model import make_tiny_remover
+from pipeline.testing.matting_model import make_tiny_remover, write_tiny_matting_onnx
+from tests.support.paths import TINY_FIXTURE_DIR
 
 _MODELS: dict[Path, TripoSR] = {}
+
+
+@dataclass(frozen=True)
+class TinyModelFiles:
+    """The model files a Ray graph loads by path: a writable copy of the tiny TripoSR fixture and the tiny
+    ONNX matting model under its own rembg home (replicas need `U2NET_HOME` set to `u2net_home`)."""
+
+    tsr_dir: Path
+    u2net_home: Path
+    matting: Path
+
+    @classmethod
+    def write(cls, work: Path) -> TinyModelFiles:
+        tsr_dir = work / "tiny"
+        shutil.copytree(TINY_FIXTURE_DIR, tsr_dir)
+        u2net_home = work / "u2net"
+        return cls(tsr_dir, u2net_home, write_tiny_matting_onnx(u2net_home / "models" / "tiny.onnx"))
 
 
 def tiny_model(checkpoint_dir: Path) -> TripoSR:
