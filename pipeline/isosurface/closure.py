@@ -48,6 +48,15 @@ def corners_to_complete(values: np.ndarray, queried: np.ndarray) -> np.ndarray:
     return np.flatnonzero(points_of_cells(mixed) & ~queried)
 
 
+def distinct(indices: np.ndarray) -> np.ndarray:
+    """The sorted distinct values of an int array. Sorting and dropping repeats is ~50x faster here than
+    np.unique, whose hash table (numpy >= 2.3) misses the cache on millions of scattered grid indices."""
+    ordered = np.sort(indices)
+    keep = np.ones(ordered.size, dtype=bool)
+    keep[1:] = ordered[1:] != ordered[:-1]
+    return ordered[keep]
+
+
 def cells_to_complete_near(values: np.ndarray, queried: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Among the cells with a corner in `points` (flat grid indices), those whose corners lie on both
     sides of 0 and include an unqueried point, as the flat grid index of their lower corner."""
@@ -56,7 +65,7 @@ def cells_to_complete_near(values: np.ndarray, queried: np.ndarray, points: np.n
     coords = np.stack(np.unravel_index(points, values.shape), axis=1)
     candidates = (coords[:, None, :] - _CORNERS[None]).reshape(-1, 3)
     inside = ((candidates >= 0) & (candidates < size - 1)).all(axis=1)
-    cells = np.unique((points[:, None] - offsets[None]).reshape(-1)[inside])
+    cells = distinct((points[:, None] - offsets[None]).reshape(-1)[inside])
     corners = cells[:, None] + offsets[None]
     below = values.reshape(-1)[corners] < 0
     complete = queried.reshape(-1)[corners].all(axis=1)
@@ -83,7 +92,7 @@ def close_surface(sample: CoarseToFineSample, density_at: DensityAt, threshold: 
         added += corners.size
         rounds += 1
         cells = cells_to_complete_near(values, queried, corners[estimated_below != (flat_values[corners] < 0)])
-        corners = np.unique((cells[:, None] + offsets[None]).reshape(-1))
+        corners = distinct((cells[:, None] + offsets[None]).reshape(-1))
         corners = corners[~flat_queried[corners]]
     if added:
         logger.debug("closure queried %d more points in %d rounds", added, rounds)

@@ -95,13 +95,21 @@ def dilate_cells(cells: np.ndarray, steps: int) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-def interpolate_axis(values: np.ndarray, lattice: np.ndarray, targets: np.ndarray, axis: int) -> np.ndarray:
-    """Linear interpolation along `axis` of lattice samples (no NaN) to the fine indices `targets`."""
+def interpolation_weights(lattice: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per fine index in `targets`: the lattice cell holding it and its float32 weight towards the cell's
+    upper end (0 on lattice points; the last lattice point is the upper end of the last cell)."""
     cell = np.clip(np.searchsorted(lattice, targets, side="right") - 1, 0, lattice.size - 2)
     offset = (targets - lattice[cell]).astype(np.float32)
+    weight: np.ndarray = offset / (lattice[cell + 1] - lattice[cell]).astype(np.float32)
+    return cell, weight
+
+
+def interpolate_axis(values: np.ndarray, lattice: np.ndarray, targets: np.ndarray, axis: int) -> np.ndarray:
+    """Linear interpolation along `axis` of lattice samples (no NaN) to the fine indices `targets`."""
+    cell, weights = interpolation_weights(lattice, targets)
     shape = [1, 1, 1]
     shape[axis] = targets.size
-    weight = (offset / (lattice[cell + 1] - lattice[cell]).astype(np.float32)).reshape(shape)
+    weight = weights.reshape(shape)
     low = np.take(values, cell, axis=axis)
     out = np.take(values, cell + 1, axis=axis)
     out -= low

@@ -36,6 +36,7 @@ from pipeline.isosurface.lattice import (
     dilate_cells,
     gather_cells,
     interpolate_axis,
+    interpolation_weights,
     lattice_indices,
     level_strides,
     parent_cells,
@@ -48,7 +49,6 @@ DensityAt = Callable[[np.ndarray], np.ndarray]
 # |u| beyond this is far from the surface; clamping keeps density underflow (u = -inf) out of the curvature.
 _U_CLAMP = 20.0
 _TINY_DENSITY = 1e-30
-_SLAB = 16  # fine x-planes interpolated at a time: bounds the temporaries of the final fill
 
 
 @dataclass(frozen=True)
@@ -200,13 +200,30 @@ def sample_coarse_to_fine(density_at: DensityAt, resolution: int, threshold: flo
 def fill_estimate(density: np.ndarray, queried: np.ndarray, estimate: np.ndarray, lattice: np.ndarray,
                   threshold: float) -> None:
     """In place: density -> density - threshold where queried, else the interpolated lattice estimate u
-    (same sign as density - threshold; only the sign of an unqueried point is ever used). Interpolated in
-    x-slabs so no extra R^3 float array is held."""
-    resolution = density.shape[0]
-    fine = np.arange(resolution)
-    planes = interpolate_axis(interpolate_axis(estimate, lattice, fine, 1), lattice, fine, 2)
-    for start in range(0, resolution, _SLAB):
-        rows = fine[start:start + _SLAB]
-        slab = density[start:start + rows.size]
-        slab -= np.float32(threshold)
-        np.copyto(slab, interpolate_axis(planes, lattice, rows, 0), where=~queried[start:start + rows.size])
+    (same sign as density - threshold; only the sign of an unqueried point is ever used).
+
+    One fine x-plane at a time, from the two lattice x-planes around it interpolated in (y, z) on demand
+    (each once, the last two kept): a few small buffers instead of an R^3 or lattice x R^2 temporary,
+    whose first touch of fresh memory costs more than the arithmetic. A plane on a lattice point is a copy."""
+    fine = np.arange(density.shape[0])
+    cells, weights = interpolation_weights(lattice, fine)
+    kept: dict[int, np.ndarray] = {}
+
+    def lattice_plane(index: int) -> np.ndarray:
+        if index not in kept:
+            plane = interpolate_axis(estimate[index:index + 1], lattice, fine, 2)
+            kept[index] = interpolate_axis(plane, lattice, fine, 1)[0]
+            kept.pop(index - 2, None)
+        return kept[index]
+
+    between = np.empty(density.shape[1:], dtype=np.float32)
+    for x, (cell, weight) in enumerate(zip(cells, weights, strict=True)):
+        plane = density[x]
+        plane -= np.float32(threshold)
+        source = lattice_plane(int(cell))
+        if weight:
+            np.subtract(lattice_plane(int(cell) + 1), source, out=between)
+            between *= weight
+            between += source
+            source = between
+        np.copyto(plane, source, where=~queried[x])
