@@ -11,6 +11,7 @@ import itertools
 from collections.abc import Callable
 from pathlib import Path
 
+import mcubes
 import numpy as np
 import pytest
 import torch
@@ -22,7 +23,7 @@ from pipeline.isosurface.extraction import ExtractionStats, extract_mesh, extrac
 from pipeline.isosurface.grid import GridQuery, grid_axis
 from pipeline.isosurface.lattice import interpolate_axis, lattice_indices, level_strides
 from pipeline.isosurface.refinement import RefinementSettings
-from pipeline.isosurface.triangulation import merge_rounded_vertices, triangulate
+from pipeline.isosurface.triangulation import BLOCK_CELLS, merge_rounded_vertices, surface_blocks, triangulate
 from pipeline.mesh_arrays import MeshArrays
 
 RADIUS = 0.87
@@ -139,6 +140,68 @@ def test_merge_matches_trimesh_on_near_duplicates_and_unreferenced_vertices() ->
     np.testing.assert_array_equal(ours_v, np.asarray(reference.vertices, dtype=np.float32))
     np.testing.assert_array_equal(ours_f, np.asarray(reference.faces))
     assert ours_v.shape[0] < vertices.shape[0] and ours_f.shape == faces.shape
+
+
+def whole_volume_triangulation(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The reference for the blockwise `triangulate`: PyMCubes on the whole volume, then the plain merge."""
+    raw_vertices, raw_faces = mcubes.marching_cubes(values, 0.0)
+    vertices = (raw_vertices * (2.0 * RADIUS / (values.shape[0] - 1)) - RADIUS).astype(np.float32)
+    return merge_rounded_vertices(vertices, raw_faces.astype(np.int64))
+
+
+def triangle_set(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Each triangle as its 9 coordinates, rotated to start at its smallest vertex (winding kept), sorted."""
+    corners = vertices[faces]  # (F, 3, 3)
+    rotations = np.stack([np.roll(corners, -shift, axis=1).reshape(-1, 9) for shift in range(3)], axis=1)
+    start = np.array([min(range(3), key=lambda shift: tuple(row[shift])) for row in rotations])
+    canonical = rotations[np.arange(len(rotations)), start]
+    return canonical[np.lexsort(canonical.T[::-1])]
+
+
+VOLUMES = {
+    "noise": lambda rng: rng.standard_normal((37, 37, 37)).astype(np.float32),
+    "exact zeros": lambda rng: np.round(rng.standard_normal((30, 30, 30)) * 1.5).astype(np.float32),
+    "one block corner": lambda rng: np.where(np.arange(26)[:, None, None] == 12, 1.0, -1.0) * np.ones((26, 26, 26),
+                                                                                                   np.float32),
+}
+
+
+@pytest.mark.parametrize("name", sorted(VOLUMES))
+def test_blockwise_triangulation_equals_the_whole_volume_run(name: str) -> None:
+    """Blocks of BLOCK_CELLS cells (several per axis here, so vertices sit on shared block faces and next to
+    grid nodes) give exactly the whole volume's vertices and oriented triangles, in another order."""
+    values = VOLUMES[name](np.random.default_rng(11)).astype(np.float32)
+    assert values.shape[0] > 2 * BLOCK_CELLS
+    vertices, faces = triangulate(values, RADIUS)
+    expected_vertices, expected_faces = whole_volume_triangulation(values)
+    assert faces.shape == expected_faces.shape and faces.shape[0] > 0
+    np.testing.assert_array_equal(np.unique(vertices, axis=0), np.unique(expected_vertices, axis=0))
+    assert vertices.shape == expected_vertices.shape
+    np.testing.assert_array_equal(triangle_set(vertices, faces), triangle_set(expected_vertices, expected_faces))
+
+
+def test_merge_limited_to_candidates_equals_the_full_merge() -> None:
+    """Rows outside may_merge are taken as distinct: with every row that has an equal rounded twin inside it,
+    the result is the full merge's, bit for bit."""
+    rng = np.random.default_rng(5)
+    base = rng.uniform(-0.8, 0.8, (200, 3)).astype(np.float32)
+    vertices = np.concatenate([base, base[:30], base[30:40] + np.float32(2e-9)])
+    faces = rng.integers(0, vertices.shape[0], (300, 3))
+    may_merge = np.zeros(vertices.shape[0], dtype=bool)
+    may_merge[:40] = may_merge[200:] = True
+    for got, want in zip(merge_rounded_vertices(vertices, faces, may_merge=may_merge),
+                         merge_rounded_vertices(vertices, faces), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_only_blocks_holding_both_signs_are_triangulated() -> None:
+    values = -np.ones((40, 40, 40), dtype=np.float32)
+    values[24, 24, 5] = 1.0  # one positive point: on a block face along x and y, inside one block along z
+    corners = surface_blocks(values, 12)
+    assert sorted(map(tuple, corners.tolist())) == [(12, 12, 0), (12, 24, 0), (24, 12, 0), (24, 24, 0)]
+    assert surface_blocks(-np.ones((40, 40, 40), dtype=np.float32), 12).shape == (0, 3)
+    values[0, 0, 0] = 0.0  # a zero counts as both signs wherever it sits
+    assert (0, 0, 0) in map(tuple, surface_blocks(values, 12).tolist())
 
 
 # ---------------------------------------------------------------- grid conventions and helpers
