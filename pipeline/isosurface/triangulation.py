@@ -101,7 +101,8 @@ def near_block_face_or_node(grid_vertices: np.ndarray, block: int) -> np.ndarray
     offset = np.abs(grid_vertices - nearest)
     near_node: np.ndarray = (offset <= _NODE_TOLERANCE).all(axis=1)
     on_block_face: np.ndarray = ((offset == 0) & (nearest.astype(np.int64) % block == 0)).any(axis=1)
-    return near_node | on_block_face
+    may_merge: np.ndarray = near_node | on_block_face
+    return may_merge
 
 
 def merge_rounded_vertices(vertices: np.ndarray, faces: np.ndarray, decimals: int = MERGE_DECIMALS, *,
