@@ -75,22 +75,19 @@ def block_any(mask: np.ndarray, block: int) -> np.ndarray:
 
 def marching_cubes_in_blocks(values: np.ndarray, corners: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
     """PyMCubes on each block at `corners` -> grid-index vertices float64 (V, 3) and faces int64 (F, 3), the
-    blocks' outputs concatenated in order (vertices on shared block faces repeated)."""
-    vertices: list[np.ndarray] = []
-    faces: list[np.ndarray] = []
-    count = 0
-    for x, y, z in corners.tolist():
-        part = np.ascontiguousarray(values[x:x + block + 1, y:y + block + 1, z:z + block + 1])
-        part_vertices, part_faces = mcubes.marching_cubes(part, 0.0)
-        if part_faces.shape[0] == 0:
-            continue
-        part_vertices += np.array([x, y, z], dtype=np.float64)
-        vertices.append(part_vertices)
-        faces.append(part_faces.astype(np.int64) + count)
-        count += part_vertices.shape[0]
-    if not faces:
+    blocks' outputs concatenated in order (vertices on shared block faces repeated). PyMCubes reads the
+    strided views as they are; the offsets are added once at the end."""
+    outputs = [mcubes.marching_cubes(values[x:x + block + 1, y:y + block + 1, z:z + block + 1], 0.0)
+               for x, y, z in corners.tolist()]
+    if not outputs:
         return np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64)
-    return np.concatenate(vertices), np.concatenate(faces)
+    vertex_counts = np.array([part[0].shape[0] for part in outputs])
+    face_counts = np.array([part[1].shape[0] for part in outputs])
+    vertices = np.concatenate([part[0] for part in outputs])
+    vertices += np.repeat(corners.astype(np.float64), vertex_counts, axis=0)
+    faces = np.concatenate([part[1] for part in outputs]).astype(np.int64)
+    faces += np.repeat(np.cumsum(vertex_counts) - vertex_counts, face_counts)[:, None]
+    return vertices.reshape(-1, 3), faces.reshape(-1, 3)
 
 
 def near_block_face_or_node(grid_vertices: np.ndarray, block: int) -> np.ndarray:
