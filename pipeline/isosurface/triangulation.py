@@ -51,24 +51,27 @@ def surface_blocks(values: np.ndarray, block: int) -> np.ndarray:
     k*block + block] per axis, the last block clipped) that hold a point <= 0 and a point >= 0 (NaN counts
     as both): a superset of the blocks where PyMCubes makes triangles, since the points of a block are
     connected through its cells."""
-    low = block_any(~(values > 0), block)
-    low &= block_any(~(values < 0), block)
-    corners: np.ndarray = np.argwhere(low) * block
+    lowest = block_reduce(values, block, np.minimum)  # NaN propagates
+    highest = block_reduce(values, block, np.maximum)
+    with np.errstate(invalid="ignore"):
+        both_signs = ~(lowest > 0) & ~(highest < 0)
+    corners: np.ndarray = np.argwhere(both_signs) * block
     return corners
 
 
-def block_any(mask: np.ndarray, block: int) -> np.ndarray:
-    """Per block of `block` cells along each axis: whether any of its points (both ends included) is set."""
-    out = mask
+def block_reduce(values: np.ndarray, block: int, reduce: np.ufunc) -> np.ndarray:
+    """`reduce` (np.minimum or np.maximum) over each block of `block` cells along each axis, both ends of
+    the block included: (R, R, R) -> (B, B, B) with B = ceil((R - 1) / block)."""
+    out = values
     for axis in range(3):
         moved = np.moveaxis(out, axis, 0)
         cells, rest = moved.shape[0] - 1, moved.shape[1:]
         full, blocks = cells // block, -(-cells // block)  # blocks of `block` cells; with the short last one
-        reduced = np.empty((blocks, *rest), dtype=bool)
-        reduced[:full] = moved[:full * block].reshape((full, block, *rest)).any(axis=1)
+        reduced = np.empty((blocks, *rest), dtype=values.dtype)
+        reduce.reduce(moved[:full * block].reshape((full, block, *rest)), axis=1, out=reduced[:full])
         if blocks > full:
-            reduced[full:] = moved[full * block:cells].any(axis=0)
-        reduced |= moved[np.minimum(np.arange(1, blocks + 1) * block, cells)]  # each block's upper end
+            reduce.reduce(moved[full * block:cells], axis=0, out=reduced[full])
+        reduce(reduced, moved[np.minimum(np.arange(1, blocks + 1) * block, cells)], out=reduced)  # upper ends
         out = np.moveaxis(reduced, 0, axis)
     return out
 
