@@ -23,7 +23,13 @@ from pipeline.isosurface.extraction import ExtractionStats, extract_mesh, extrac
 from pipeline.isosurface.grid import GridQuery, grid_axis
 from pipeline.isosurface.lattice import interpolate_axis, lattice_indices, level_strides
 from pipeline.isosurface.refinement import RefinementSettings
-from pipeline.isosurface.triangulation import BLOCK_CELLS, merge_rounded_vertices, surface_blocks, triangulate
+from pipeline.isosurface.triangulation import (
+    BLOCK_CELLS,
+    first_on_same_edge,
+    merge_rounded_vertices,
+    surface_blocks,
+    triangulate,
+)
 from pipeline.mesh_arrays import MeshArrays
 
 RADIUS = 0.87
@@ -192,6 +198,16 @@ def test_merge_limited_to_candidates_equals_the_full_merge() -> None:
     for got, want in zip(merge_rounded_vertices(vertices, faces, may_merge=may_merge),
                          merge_rounded_vertices(vertices, faces), strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def test_copies_on_a_block_face_are_joined_by_edge_even_when_their_last_bits_differ() -> None:
+    """Two blocks compute a shared face's vertex from the edge's ends in opposite directions: copies may
+    differ in the last bit and would survive a merge by value; joined by edge, every face uses the first."""
+    x = 3.0 + 0.37
+    grid_vertices = np.array([[x, 12.0, 5.0], [1.0, 2.0, 2.5], [np.nextafter(x, 0.0), 12.0, 5.0],
+                              [x, 12.0, 6.0], [4.0, 12.0, 5.0]])
+    copy_of = first_on_same_edge(grid_vertices, np.array([0, 2, 3, 4]), 40)
+    assert copy_of.tolist() == [0, 1, 0, 3, 4]  # another edge (z = 6) and a grid node stay apart
 
 
 def test_only_blocks_holding_both_signs_are_triangulated() -> None:

@@ -8,9 +8,8 @@ PyMCubes spends ~33 ns on every cell it visits, surface or not (0.55-0.8 s for a
 a surface crosses a few percent of the cells. So the volume is cut into blocks of BLOCK_CELLS^3 cells and
 only blocks that hold both signs are triangulated (on a convoluted 1.1M-face surface at 256^3, 3,930 of the
 10,648 blocks of 12^3 cells). A cell's triangles depend only on its 8 corners, so the triangles are the whole
-volume's, in block order; a vertex on a block's face is emitted by each block that holds it, bitwise equal
-(the same edge, the same local coordinate along it), and the merge joins the copies as it joins any equal
-vertices.
+volume's, in block order. A vertex on a block's face is emitted by each block that holds it; the copies are
+joined by grid edge (`first_on_same_edge`), then vertices are merged by rounding as trimesh does.
 """
 
 from __future__ import annotations
@@ -42,8 +41,9 @@ def triangulate(values: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarr
         return np.zeros((0, 3), dtype=np.float32), np.zeros((0, 3), dtype=np.int32)
     scale = 2.0 * radius / (values.shape[0] - 1)
     vertices = (raw_vertices * scale - radius).astype(np.float32)
-    may_merge = near_block_face_or_node(raw_vertices, BLOCK_CELLS)
-    return merge_rounded_vertices(vertices, raw_faces, may_merge=may_merge)
+    on_block_face, near_node = shared_vertex_candidates(raw_vertices, BLOCK_CELLS)
+    faces = first_on_same_edge(raw_vertices, np.flatnonzero(on_block_face), values.shape[0])[raw_faces]
+    return merge_rounded_vertices(vertices, faces, may_merge=near_node)  # later copies, now unused, go
 
 
 def surface_blocks(values: np.ndarray, block: int) -> np.ndarray:
@@ -93,16 +93,33 @@ def marching_cubes_in_blocks(values: np.ndarray, corners: np.ndarray, block: int
     return vertices.reshape(-1, 3), faces.reshape(-1, 3)
 
 
-def near_block_face_or_node(grid_vertices: np.ndarray, block: int) -> np.ndarray:
-    """Which vertices (grid units, (V, 3)) may equal another after rounding: those on a block face (copies
-    from the blocks that share it) and those within _NODE_TOLERANCE of a grid node (vertices of two edges
-    through one node). Every other vertex lies inside one block on one edge, once."""
+def shared_vertex_candidates(grid_vertices: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two masks over vertices in grid units (V, 3): on a block face (the blocks that share the face each emit
+    the vertex), and within _NODE_TOLERANCE of a grid node (where vertices of two edges through the node can
+    round to one). Every other vertex lies inside one block, on one edge, emitted once."""
     nearest = np.rint(grid_vertices)
     offset = np.abs(grid_vertices - nearest)
     near_node: np.ndarray = (offset <= _NODE_TOLERANCE).all(axis=1)
     on_block_face: np.ndarray = ((offset == 0) & (nearest.astype(np.int64) % block == 0)).any(axis=1)
-    may_merge: np.ndarray = near_node | on_block_face
-    return may_merge
+    return on_block_face, near_node
+
+
+def first_on_same_edge(grid_vertices: np.ndarray, candidates: np.ndarray, size: int) -> np.ndarray:
+    """For every vertex, the index of the first of `candidates` on the same grid edge as it (itself when it
+    is not a candidate or is the first). Blocks that share a face compute its vertices from the edge's two
+    ends in opposite directions, so copies may differ in the last bit: they are joined by edge, not by value.
+    The first copy is the lower block's, computed as PyMCubes does on the whole volume."""
+    points = grid_vertices[candidates]
+    lower = np.floor(points)
+    fractional = points != lower
+    axis = np.where(fractional.any(axis=1), fractional.argmax(axis=1), 3)  # 3: exactly on a grid node
+    corner = lower.astype(np.int64)
+    keys = ((corner[:, 0] * size + corner[:, 1]) * size + corner[:, 2]) * 4 + axis
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    copy_of = np.arange(grid_vertices.shape[0])
+    copy_of[candidates] = candidates[first_of_runs(order, sorted_keys[1:] != sorted_keys[:-1])]
+    return copy_of
 
 
 def merge_rounded_vertices(vertices: np.ndarray, faces: np.ndarray, decimals: int = MERGE_DECIMALS, *,
@@ -140,8 +157,14 @@ def first_of_equal_rows(keys: np.ndarray) -> np.ndarray:
     """For each row of keys (N, 3), the index of the first row equal to it."""
     order = np.lexsort((keys[:, 2], keys[:, 1], keys[:, 0]))  # stable: equal keys keep their order
     sorted_keys = keys[order]
+    return first_of_runs(order, (sorted_keys[1:] != sorted_keys[:-1]).any(axis=1))
+
+
+def first_of_runs(order: np.ndarray, changes: np.ndarray) -> np.ndarray:
+    """Given a stable sorting `order` and where each sorted key differs from the previous one (N - 1 bools),
+    the index of the first (lowest-index) item with each item's key."""
     starts = np.ones(order.size, dtype=bool)
-    starts[1:] = (sorted_keys[1:] != sorted_keys[:-1]).any(axis=1)
+    starts[1:] = changes
     first = np.empty(order.size, dtype=np.int64)
     first[order] = order[starts][np.cumsum(starts) - 1]
     return first
