@@ -21,7 +21,7 @@ from scipy.spatial import cKDTree
 from pipeline.errors import JobRejected
 from pipeline.isosurface.extraction import ExtractionStats, extract_mesh, extract_mesh_with_stats
 from pipeline.isosurface.grid import GridQuery, grid_axis
-from pipeline.isosurface.lattice import interpolate_axis, lattice_indices, level_strides
+from pipeline.isosurface.lattice import interpolate_axis, lattice_indices, lattice_samples, level_strides
 from pipeline.isosurface.refinement import RefinementSettings
 from pipeline.isosurface.triangulation import (
     BLOCK_CELLS,
@@ -235,6 +235,13 @@ def test_lattices_are_nested_and_keep_the_last_grid_point() -> None:
     for coarse, fine in itertools.pairwise(strides):
         outer, inner = lattice_indices(256, coarse), lattice_indices(256, fine)
         assert outer[-1] == inner[-1] == 255 and np.isin(outer, inner).all()
+
+
+@pytest.mark.parametrize(("resolution", "stride"), [(17, 4), (20, 4), (33, 8), (40, 2), (41, 1), (5, 8)])
+def test_lattice_samples_are_the_index_gather(resolution: int, stride: int) -> None:
+    volume = np.random.default_rng(resolution).standard_normal((resolution,) * 3).astype(np.float32)
+    lattice = lattice_indices(resolution, stride)
+    np.testing.assert_array_equal(lattice_samples(volume, lattice), volume[np.ix_(lattice, lattice, lattice)])
 
 
 def test_interpolation_is_exact_on_lattice_points_and_linear_between() -> None:

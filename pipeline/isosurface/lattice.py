@@ -8,6 +8,8 @@ array has n^3 cells. Everything here is pure numpy.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 
@@ -29,6 +31,25 @@ def level_strides(resolution: int, min_coarse_cells: int) -> list[int]:
     while strides[-1] > 1:
         strides.append(strides[-1] // 2)
     return strides
+
+
+def lattice_samples(volume: np.ndarray, lattice: np.ndarray) -> np.ndarray:
+    """volume[np.ix_(lattice, lattice, lattice)] as a copy made of strided slices (several times faster than the
+    index gather at stride 2 on 256^3): the lattice is 0, s, 2s, ... plus, when it is not on that progression,
+    the last grid index."""
+    step = int(lattice[1] - lattice[0]) if lattice.size > 1 else 1
+    regular = lattice.size - 1 if lattice.size > 1 and lattice[-1] - lattice[-2] != step else lattice.size
+    if not np.array_equal(lattice[:regular], np.arange(regular) * step):
+        gathered: np.ndarray = volume[np.ix_(lattice, lattice, lattice)]
+        return gathered
+    last = int(lattice[-1])
+    parts = [(slice(0, regular), slice(0, (regular - 1) * step + 1, step))]
+    if regular < lattice.size:
+        parts.append((slice(regular, regular + 1), slice(last, last + 1)))
+    out = np.empty((lattice.size,) * 3, dtype=volume.dtype)
+    for (out_x, in_x), (out_y, in_y), (out_z, in_z) in itertools.product(parts, repeat=3):
+        out[out_x, out_y, out_z] = volume[in_x, in_y, in_z]
+    return out
 
 
 def parent_cells(child_lattice: np.ndarray, parent_lattice: np.ndarray) -> np.ndarray:

@@ -38,6 +38,7 @@ from pipeline.isosurface.lattice import (
     interpolate_axis,
     interpolation_weights,
     lattice_indices,
+    lattice_samples,
     level_strides,
     parent_cells,
     points_of_cells,
@@ -134,7 +135,7 @@ def assess_cells(density: np.ndarray, lattice: np.ndarray, threshold: float, saf
 def query_missing(density: np.ndarray, density_at: DensityAt, lattice: np.ndarray, wanted: np.ndarray) -> int:
     """Query the wanted points of a lattice that are still NaN in `density` (R^3, edited); returns the count."""
     full = lattice.size == density.shape[0]
-    known = density if full else density[np.ix_(lattice, lattice, lattice)]
+    known = density if full else lattice_samples(density, lattice)
     ix, iy, iz = np.nonzero(wanted & np.isnan(known))
     del known
     if ix.size:
@@ -174,14 +175,14 @@ def sample_coarse_to_fine(density_at: DensityAt, resolution: int, threshold: flo
     density = np.full((resolution,) * 3, np.nan, dtype=np.float32)
     lattice = lattice_indices(resolution, strides[0])
     query_missing(density, density_at, lattice, np.ones((lattice.size,) * 3, dtype=bool))
-    estimate = log_ratio(density[np.ix_(lattice, lattice, lattice)], threshold)
+    estimate = log_ratio(lattice_samples(density, lattice), threshold)
     curvature: np.ndarray | None = None
     for level, (stride, next_stride) in enumerate(itertools.pairwise(strides)):
         inherited = None
         if curvature is not None:
             parents = parent_cells(lattice, lattice_indices(resolution, 2 * stride))
             inherited = np.stack([gather_cells(part, parents, parents, parents) for part in curvature])
-        refine, curvature = cells_to_refine(density[np.ix_(lattice, lattice, lattice)], lattice, threshold,
+        refine, curvature = cells_to_refine(lattice_samples(density, lattice), lattice, threshold,
                                             settings, inherited, first=level == 0, last=next_stride == 1)
         next_lattice = lattice_indices(resolution, next_stride)
         if refine.any():
@@ -189,7 +190,7 @@ def sample_coarse_to_fine(density_at: DensityAt, resolution: int, threshold: flo
             query_missing(density, density_at, next_lattice,
                           points_of_cells(gather_cells(refine, children, children, children)))
         if next_stride > 1:
-            known = log_ratio(density[np.ix_(next_lattice, next_lattice, next_lattice)], threshold)
+            known = log_ratio(lattice_samples(density, next_lattice), threshold)
             estimate = refine_estimate(estimate, lattice, next_lattice, known)
             lattice = next_lattice
     queried = ~np.isnan(density)
