@@ -63,9 +63,11 @@ def cells_to_complete_near(values: np.ndarray, queried: np.ndarray, points: np.n
     size = values.shape[0]
     offsets = corner_offsets(size)
     coords = np.stack(np.unravel_index(points, values.shape), axis=1)
-    candidates = (coords[:, None, :] - _CORNERS[None]).reshape(-1, 3)
-    inside = ((candidates >= 0) & (candidates < size - 1)).all(axis=1)
-    cells = distinct((points[:, None] - offsets[None]).reshape(-1)[inside])
+    # a point is corner c of the cell at coords - c when that cell exists: per axis, offset 0 needs
+    # coord <= size - 2 and offset 1 needs coord >= 1
+    fits = np.stack([coords <= size - 2, coords >= 1], axis=2)  # (N, 3, 2)
+    inside = fits[:, 0, _CORNERS[:, 0]] & fits[:, 1, _CORNERS[:, 1]] & fits[:, 2, _CORNERS[:, 2]]  # (N, 8)
+    cells = distinct((points[:, None] - offsets[None])[inside])
     corners = cells[:, None] + offsets[None]
     below = values.reshape(-1)[corners] < 0
     complete = queried.reshape(-1)[corners].all(axis=1)
