@@ -42,8 +42,10 @@ def triangulate(values: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarr
     scale = 2.0 * radius / (values.shape[0] - 1)
     vertices = (raw_vertices * scale - radius).astype(np.float32)
     on_block_face, near_node = shared_vertex_candidates(raw_vertices, BLOCK_CELLS)
-    faces = first_on_same_edge(raw_vertices, np.flatnonzero(on_block_face), values.shape[0])[raw_faces]
-    return merge_rounded_vertices(vertices, faces, may_merge=near_node)  # later copies, now unused, go
+    copy_of = first_on_same_edge(raw_vertices, np.flatnonzero(on_block_face), values.shape[0])
+    representative = rounded_representatives(vertices, MERGE_DECIMALS, np.flatnonzero(near_node))[copy_of]
+    # PyMCubes' faces use every vertex it returns, so the vertices used afterwards are the representatives
+    return reindex(vertices, raw_faces, representative, used=representative)
 
 
 def surface_blocks(values: np.ndarray, block: int) -> np.ndarray:
@@ -132,19 +134,28 @@ def merge_rounded_vertices(vertices: np.ndarray, faces: np.ndarray, decimals: in
     if vertices.shape[0] == 0:
         return vertices.astype(np.float32), np.zeros((0, 3), dtype=np.int32)
     candidates = np.arange(vertices.shape[0]) if may_merge is None else np.flatnonzero(may_merge)
-    first = np.arange(vertices.shape[0])  # the first occurrence of each vertex's rounded position
-    first[candidates] = candidates[first_of_equal_rows(rounded_keys(vertices[candidates], decimals))]
-    kept = first == np.arange(vertices.shape[0])
-    faces = (np.cumsum(kept) - 1)[first[faces]]
-    vertices = vertices[kept]
-    used = np.zeros(vertices.shape[0], dtype=bool)
-    used[faces.reshape(-1)] = True
-    if not used.all():
-        faces = (np.cumsum(used) - 1)[faces]
-        vertices = vertices[used]
-    if vertices.shape[0] > np.iinfo(np.int32).max:
-        raise ValueError(f"{vertices.shape[0]} vertices do not fit int32 face indices")
-    return np.ascontiguousarray(vertices, dtype=np.float32), faces.astype(np.int32)
+    representative = rounded_representatives(vertices, decimals, candidates)
+    return reindex(vertices, faces, representative, used=representative[faces.reshape(-1)])
+
+
+def rounded_representatives(vertices: np.ndarray, decimals: int, candidates: np.ndarray) -> np.ndarray:
+    """For every vertex, the first vertex (lowest index) equal to it after rounding, looked for among the
+    `candidates` (indices; the other vertices are their own representatives)."""
+    representative = np.arange(vertices.shape[0])
+    representative[candidates] = candidates[first_of_equal_rows(rounded_keys(vertices[candidates], decimals))]
+    return representative
+
+
+def reindex(vertices: np.ndarray, faces: np.ndarray, representative: np.ndarray,
+            used: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Faces through `representative`, keeping the `used` vertices (indices, repeats allowed) in their order:
+    (float32 vertices, int32 faces)."""
+    kept = np.zeros(vertices.shape[0], dtype=bool)
+    kept[used] = True
+    if np.count_nonzero(kept) > np.iinfo(np.int32).max:
+        raise ValueError(f"{np.count_nonzero(kept)} vertices do not fit int32 face indices")
+    index = (np.cumsum(kept) - 1)[representative]
+    return np.ascontiguousarray(vertices[kept], dtype=np.float32), index[faces].astype(np.int32)
 
 
 def rounded_keys(vertices: np.ndarray, decimals: int) -> np.ndarray:
