@@ -99,10 +99,14 @@ def shared_vertex_candidates(grid_vertices: np.ndarray, block: int) -> tuple[np.
     """Two masks over vertices in grid units (V, 3): on a block face (the blocks that share the face each emit
     the vertex), and within _NODE_TOLERANCE of a grid node (where vertices of two edges through the node can
     round to one). Every other vertex lies inside one block, on one edge, emitted once."""
-    nearest = np.rint(grid_vertices)
-    offset = np.abs(grid_vertices - nearest)
-    near_node: np.ndarray = (offset <= _NODE_TOLERANCE).all(axis=1)
-    on_block_face: np.ndarray = ((offset == 0) & (nearest.astype(np.int64) % block == 0)).any(axis=1)
+    offset = np.rint(grid_vertices)
+    np.subtract(grid_vertices, offset, out=offset)
+    np.abs(offset, out=offset)  # distance to the nearest integer, per coordinate
+    near = offset <= _NODE_TOLERANCE
+    on_face = grid_vertices == np.floor(grid_vertices / block) * block  # exact multiples of `block` only
+    # column by column: numpy's all/any along a length-3 axis is several times slower here
+    near_node: np.ndarray = near[:, 0] & near[:, 1] & near[:, 2]
+    on_block_face: np.ndarray = on_face[:, 0] | on_face[:, 1] | on_face[:, 2]
     return on_block_face, near_node
 
 
