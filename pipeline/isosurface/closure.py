@@ -22,6 +22,7 @@ from pipeline.isosurface.refinement import CoarseToFineSample, DensityAt
 logger = logging.getLogger(__name__)
 
 _CORNERS = np.array(list(itertools.product((0, 1), repeat=3)), dtype=np.int64)  # (8, 3) cell corner offsets
+_ALL_EIGHT = np.uint64(0x0101010101010101)  # 8 True bytes read as one uint64 (`eight_flags`)
 
 
 def corner_offsets(size: int) -> np.ndarray:
@@ -69,10 +70,17 @@ def cells_to_complete_near(values: np.ndarray, queried: np.ndarray, points: np.n
     inside = fits[:, 0, _CORNERS[:, 0]] & fits[:, 1, _CORNERS[:, 1]] & fits[:, 2, _CORNERS[:, 2]]  # (N, 8)
     cells = distinct((points[:, None] - offsets[None])[inside])
     corners = cells[:, None] + offsets[None]
-    below = values.reshape(-1)[corners] < 0
-    complete = queried.reshape(-1)[corners].all(axis=1)
-    straddling: np.ndarray = cells[below.any(axis=1) & ~below.all(axis=1) & ~complete]
+    below = eight_flags(values.reshape(-1)[corners] < 0)
+    complete = eight_flags(queried.reshape(-1)[corners]) == _ALL_EIGHT
+    straddling: np.ndarray = cells[(below != 0) & (below != _ALL_EIGHT) & ~complete]
     return straddling
+
+
+def eight_flags(flags: np.ndarray) -> np.ndarray:
+    """(N, 8) bool -> (N,) uint64 holding the 8 bytes: any = != 0, all = == _ALL_EIGHT, without numpy's slow
+    reductions along a length-8 axis."""
+    packed: np.ndarray = np.ascontiguousarray(flags).view(np.uint64).reshape(-1)
+    return packed
 
 
 def close_surface(sample: CoarseToFineSample, density_at: DensityAt, threshold: float) -> ClosedVolume:
