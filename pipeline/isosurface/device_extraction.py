@@ -161,8 +161,9 @@ def dense_level_values(field: DensityField, scene_code: Tensor, resolution: int,
 
 
 def surface_box(values: Tensor) -> tuple[slice, slice, slice] | None:
-    """`triangulation.inside_box` for -V: the box of points with values <= 0 (density >= threshold) grown
-    by one, or None. Reads 3 R-long masks back to the host (the box bounds)."""
+    """The box of points with values <= 0 (density >= threshold; V is negated here) grown by one, or None:
+    every cell that makes triangles has such a corner, so marching cubes on the box gives the whole grid's
+    triangles. Reads 3 R-long masks back to the host (the box bounds)."""
     inside = values <= 0
     masks = torch.stack([inside.any(2).any(1), inside.any(2).any(0), inside.any(1).any(0)]).cpu()
     box = []
