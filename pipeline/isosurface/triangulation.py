@@ -98,15 +98,18 @@ def marching_cubes_in_blocks(values: np.ndarray, corners: np.ndarray, block: int
 def shared_vertex_candidates(grid_vertices: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
     """Two masks over vertices in grid units (V, 3): on a block face (the blocks that share the face each emit
     the vertex), and within _NODE_TOLERANCE of a grid node (where vertices of two edges through the node can
-    round to one). Every other vertex lies inside one block, on one edge, emitted once."""
+    round to one) or not finite (copies included: the rounding merge joins them). Every other vertex lies inside
+    one block, on one edge, emitted once."""
     offset = np.rint(grid_vertices)
     np.subtract(grid_vertices, offset, out=offset)
     np.abs(offset, out=offset)  # distance to the nearest integer, per coordinate
     near = offset <= _NODE_TOLERANCE
     on_face = grid_vertices == np.floor(grid_vertices / block) * block  # exact multiples of `block` only
     # column by column: numpy's all/any along a length-3 axis is several times slower here
-    near_node: np.ndarray = near[:, 0] & near[:, 1] & near[:, 2]
-    on_block_face: np.ndarray = on_face[:, 0] | on_face[:, 1] | on_face[:, 2]
+    finite_coordinates = np.isfinite(grid_vertices)  # NaN field values give NaN coordinates
+    finite = finite_coordinates[:, 0] & finite_coordinates[:, 1] & finite_coordinates[:, 2]
+    near_node: np.ndarray = (near[:, 0] & near[:, 1] & near[:, 2]) | ~finite  # merged as trimesh merges NaN
+    on_block_face: np.ndarray = (on_face[:, 0] | on_face[:, 1] | on_face[:, 2]) & finite
     return on_block_face, near_node
 
 
@@ -164,7 +167,8 @@ def reindex(vertices: np.ndarray, faces: np.ndarray, representative: np.ndarray,
 
 def rounded_keys(vertices: np.ndarray, decimals: int) -> np.ndarray:
     """int64 (V, 3): the coordinates rounded to `decimals`, scaled to integers (trimesh's merge keys)."""
-    keys: np.ndarray = np.round(vertices.astype(np.float64) * 10.0**decimals).astype(np.int64)
+    with np.errstate(invalid="ignore"):  # a NaN coordinate (a NaN field value) casts to one shared key
+        keys: np.ndarray = np.round(vertices.astype(np.float64) * 10.0**decimals).astype(np.int64)
     return keys
 
 
