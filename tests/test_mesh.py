@@ -25,8 +25,11 @@ from pipeline.isosurface.lattice import interpolate_axis, lattice_indices, latti
 from pipeline.isosurface.refinement import RefinementSettings
 from pipeline.isosurface.triangulation import (
     BLOCK_CELLS,
+    MERGE_DECIMALS,
     first_on_same_edge,
     merge_rounded_vertices,
+    reindex,
+    rounded_representatives,
     surface_blocks,
     triangulate,
 )
@@ -189,17 +192,19 @@ def test_blockwise_triangulation_equals_the_whole_volume_run(name: str) -> None:
 
 
 def test_merge_limited_to_candidates_equals_the_full_merge() -> None:
-    """Rows outside may_merge are taken as distinct: with every row that has an equal rounded twin inside it,
-    the result is the full merge's, bit for bit."""
+    """Rows outside the candidates are taken as distinct: with every row that has an equal rounded twin among
+    them, the result is the full merge's, bit for bit."""
     rng = np.random.default_rng(5)
     base = rng.uniform(-0.8, 0.8, (200, 3)).astype(np.float32)
     vertices = np.concatenate([base, base[:30], base[30:40] + np.float32(2e-9)])
     faces = rng.integers(0, vertices.shape[0], (300, 3))
-    may_merge = np.zeros(vertices.shape[0], dtype=bool)
-    may_merge[:40] = may_merge[200:] = True
-    for got, want in zip(merge_rounded_vertices(vertices, faces, may_merge=may_merge),
+    candidates = np.concatenate([np.arange(40), np.arange(200, vertices.shape[0])])
+    limited = rounded_representatives(vertices, MERGE_DECIMALS, candidates)
+    full = rounded_representatives(vertices, MERGE_DECIMALS, np.arange(vertices.shape[0]))
+    for got, want in zip(reindex(vertices, faces, limited, used=limited[faces.reshape(-1)]),
                          merge_rounded_vertices(vertices, faces), strict=True):
         np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(limited, full)
 
 
 def test_copies_on_a_block_face_are_joined_by_edge_even_when_their_last_bits_differ() -> None:
