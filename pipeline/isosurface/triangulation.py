@@ -4,7 +4,7 @@ PyMCubes on V[ix, iy, iz] = density_act - threshold at level 0 returns vertices 
 and the official winding (normals towards lower density, i.e. outward), so no column swap or face flip
 is needed (SPEC §11.4, §15 item 9).
 
-PyMCubes spends ~33 ns on every cell it visits, surface or not (0.55-0.8 s for an empty 256^3 volume), while
+PyMCubes spends ~33 ns on every cell it visits, surface or not (0.8 s on an empty 256^3 volume), while
 a surface crosses a few percent of the cells. So the volume is cut into blocks of BLOCK_CELLS^3 cells and
 only blocks that hold both signs are triangulated (on a convoluted 1.1M-face surface at 256^3, 3,930 of the
 10,648 blocks of 12^3 cells). A cell's triangles depend only on its 8 corners, so the triangles are the whole
